@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from .kinds import ChannelFactory, ChannelKind, all_kinds
+
+KINDS = all_kinds()
+
+
+@pytest.fixture(params=[pytest.param(kind, id=kind.name, marks=kind.marks) for kind in KINDS])
+async def channel_factory(request: pytest.FixtureRequest) -> AsyncIterator[ChannelFactory]:
+    kind: ChannelKind = request.param
+    async with kind.open() as factory:
+        yield factory
