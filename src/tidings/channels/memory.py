@@ -10,7 +10,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 from tidings._clock import Clock, SystemClock
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
@@ -103,7 +103,7 @@ class InMemoryChannel(Channel):
 
     def _lease(self, max_messages: int, now: float) -> list[Delivery]:
         until = now + self.lease_seconds
-        deliveries = []
+        deliveries: list[Delivery] = []
         ready, leased, sequence = self._ready, self._leased, self._sequence
         expiries = self._lease_expiries
         while ready and len(deliveries) < max_messages:
@@ -118,7 +118,7 @@ class InMemoryChannel(Channel):
     async def _wait_for_change(self, remaining: float, now: float) -> None:
         if self._changed is None:
             self._changed = asyncio.Event()
-        waiters = [asyncio.ensure_future(self._changed.wait())]
+        waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._changed.wait())]
         next_due = self._next_due()
         if next_due is not None:
             waiters.append(asyncio.ensure_future(self._clock.sleep(next_due - now)))

@@ -1,0 +1,375 @@
+"""The command, event and query buses, and the dispatch path behind them.
+
+Sync handlers run inline and their exceptions reach the caller. Each asynchronous subscriber gets its
+own copy of the message, addressed to exactly that endpoint. Messages sent while a bus call or a
+handling is in progress are collected and sent only once it succeeded, so a failure sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, final
+
+from uuid_utils import uuid7
+
+from tidings import headers as h
+from tidings._context import MessageContext, current_context
+from tidings._message import Envelope, message_name
+from tidings._serialization import encode
+from tidings.exceptions import ConfigurationError, HandlerNotFound, SerializationError
+from tidings.middleware.base import Outgoing, SendNext
+
+if TYPE_CHECKING:
+    from tidings._app import App
+    from tidings._decorators import DelaySpec, HandlerKind
+    from tidings._registry import Endpoint
+
+__all__ = ["CommandBus", "EventBus", "QueryBus"]
+
+_FRAMEWORK: Final = h.FRAMEWORK_PREFIX
+_NOT_PROPAGATED: Final = h.NOT_PROPAGATED
+
+#: Messages waiting for the current bus call or handling to succeed.
+pending_sends: ContextVar[list[Outgoing] | None] = ContextVar("tidings_pending", default=None)
+
+Observer = Callable[["HandlerKind", Any, Mapping[str, str]], None]
+
+
+class SendOptions:
+    """Per-message delivery options given to a bus call; None means the handler's own setting."""
+
+    __slots__ = ("delay", "priority", "time_to_live")
+
+    def __init__(
+        self, delay: DelaySpec | None, priority: int | None, time_to_live: timedelta | None
+    ) -> None:
+        self.delay = delay
+        self.priority = priority
+        self.time_to_live = time_to_live
+
+
+_NO_OPTIONS: Final = SendOptions(None, None, None)
+
+
+def _deliver_at(delay: DelaySpec, message: Any, headers: Mapping[str, str], now: float) -> float:
+    if callable(delay) and not isinstance(delay, timedelta | datetime):
+        delay = delay(message, headers)
+    if isinstance(delay, timedelta):
+        return now + delay.total_seconds()
+    if isinstance(delay, datetime):
+        if delay.tzinfo is None:
+            raise ConfigurationError(
+                f"a delivery time must be timezone-aware (e.g. datetime.now(UTC) + ...), got {delay}"
+            )
+        return delay.timestamp()
+    raise ConfigurationError(f"a delay must be a timedelta or a datetime, got {delay!r}")
+
+
+@final
+class Dispatcher:
+    """Routes bus calls to endpoints; one per app."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.observers: list[Observer] = []
+        self._send_chain: SendNext = self._collect
+
+    def use_send_middleware(self, chain: SendNext) -> None:
+        self._send_chain = chain
+
+    # -- headers ----------------------------------------------------------------------------------
+
+    def new_headers(self, name: str, explicit: Mapping[str, str] | None) -> dict[str, str]:
+        """Headers for a new message: propagated from the one being handled, then the explicit ones."""
+        parent = current_context.get()
+        if parent is None:
+            headers = dict(explicit) if explicit else {}
+            message_id = headers.get(h.MESSAGE_ID) or str(uuid7())
+            headers[h.MESSAGE_ID] = message_id
+            headers.setdefault(h.CORRELATION_ID, message_id)
+        else:
+            inherited = parent.headers
+            headers = {
+                key: value
+                for key, value in inherited.items()
+                if not key.startswith(_FRAMEWORK) and key not in _NOT_PROPAGATED
+            }
+            if explicit:
+                headers.update(explicit)
+            headers.setdefault(h.MESSAGE_ID, str(uuid7()))
+            parent_id = inherited.get(h.MESSAGE_ID, "")
+            headers[h.CORRELATION_ID] = inherited.get(h.CORRELATION_ID, parent_id)
+            headers[h.CAUSATION_ID] = parent_id
+        headers[h.TIMESTAMP] = f"{self.app.clock.now():.6f}"
+        headers[h.MESSAGE_NAME] = name
+        return headers
+
+    # -- bus calls --------------------------------------------------------------------------------
+
+    def _route(
+        self, kind: HandlerKind, message: Any, name: str | None
+    ) -> tuple[str, tuple[Endpoint, ...]]:
+        routes = self.app.routes
+        if name is not None:
+            return name, routes.by_name(kind, name)
+        if isinstance(message, Mapping):
+            raise ConfigurationError(
+                f'a {kind} given as a plain mapping needs a name to be routed: pass name="..."'
+            )
+        cls = type(message)
+        return message_name(cls), routes.by_class(kind, cls)
+
+    async def command(
+        self,
+        message: Any,
+        headers: Mapping[str, str] | None,
+        name: str | None,
+        options: SendOptions,
+    ) -> Any:
+        wire_name, endpoints = self._route("command", message, name)
+        if not endpoints:
+            raise HandlerNotFound(
+                f"no handler for command {wire_name} ({type(message).__qualname__}); decorate a "
+                f"function with @command_handler taking it, and pass it in App(handlers=[...])"
+            )
+        message_headers = self.new_headers(wire_name, headers)
+        for observe in self.observers:
+            observe("command", message, message_headers)
+        return await self._collecting(
+            self._deliver, endpoints[0], message, message_headers, options
+        )
+
+    async def event(
+        self,
+        message: Any,
+        headers: Mapping[str, str] | None,
+        name: str | None,
+        options: SendOptions,
+    ) -> None:
+        wire_name, endpoints = self._route("event", message, name)
+        message_headers = self.new_headers(wire_name, headers)
+        for observe in self.observers:
+            observe("event", message, message_headers)
+        if endpoints:
+            await self._collecting(self._publish, endpoints, message, message_headers, options)
+
+    async def query(self, message: Any, headers: Mapping[str, str] | None, name: str | None) -> Any:
+        wire_name, endpoints = self._route("query", message, name)
+        if not endpoints:
+            raise HandlerNotFound(
+                f"no handler for query {wire_name} ({type(message).__qualname__}); decorate a "
+                f"function with @query_handler taking it, and pass it in App(handlers=[...])"
+            )
+        message_headers = self.new_headers(wire_name, headers)
+        for observe in self.observers:
+            observe("query", message, message_headers)
+        return await self.invoke(endpoints[0], message, message_headers)
+
+    async def _collecting(self, deliver: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if pending_sends.get() is not None:
+            return await deliver(*args)
+        pending: list[Outgoing] = []
+        token = pending_sends.set(pending)
+        try:
+            result = await deliver(*args)
+        finally:
+            pending_sends.reset(token)
+        if pending:
+            await self.flush(pending)
+        return result
+
+    async def _publish(
+        self,
+        endpoints: tuple[Endpoint, ...],
+        message: Any,
+        headers: dict[str, str],
+        options: SendOptions,
+    ) -> None:
+        body: bytes | None = None
+        for endpoint in endpoints:
+            if endpoint.channels:
+                if body is None:
+                    body = self._encode(message, headers)
+                await self.enqueue(endpoint, body, headers, message, options)
+            else:
+                await self.invoke(endpoint, message, headers)
+
+    async def _deliver(
+        self, endpoint: Endpoint, message: Any, headers: dict[str, str], options: SendOptions
+    ) -> Any:
+        if endpoint.channels:
+            await self.enqueue(endpoint, self._encode(message, headers), headers, message, options)
+            return None
+        return await self.invoke(endpoint, message, headers)
+
+    @staticmethod
+    def _encode(message: Any, headers: Mapping[str, str]) -> bytes:
+        try:
+            return encode(message)
+        except (TypeError, ValueError) as error:
+            raise SerializationError(
+                f"message {headers.get(h.MESSAGE_NAME)} could not be encoded as JSON: {error}. "
+                f"Use a dataclass, a pydantic model, a msgspec Struct or a dict of JSON values."
+            ) from error
+
+    # -- inline handling --------------------------------------------------------------------------
+
+    async def invoke(self, endpoint: Endpoint, message: Any, headers: dict[str, str]) -> Any:
+        classes = endpoint.message_classes
+        if classes and not isinstance(message, classes):
+            # Routed by name with a payload of another shape: convert through the wire format.
+            message = endpoint.decode(self._encode(message, headers), headers.get(h.MESSAGE_NAME))
+        context = MessageContext(self.app, endpoint, headers, message=message)
+        token = current_context.set(context)
+        try:
+            assert endpoint.pipeline is not None
+            return await endpoint.pipeline(context)
+        finally:
+            current_context.reset(token)
+
+    def call_handler(self, endpoint: Endpoint) -> Callable[[MessageContext], Awaitable[Any]]:
+        """The innermost step of an endpoint's pipeline: call the function with its arguments."""
+        function = endpoint.function
+        providers = endpoint.parameters
+        app = self.app
+        if endpoint.is_coroutine:
+            if not providers:
+
+                async def call_plain(context: MessageContext) -> Any:
+                    return await function(context.message)
+
+                return call_plain
+
+            async def call(context: MessageContext) -> Any:
+                return await function(context.message, *[p(context) for p in providers])
+
+            return call
+
+        async def call_in_thread(context: MessageContext) -> Any:
+            arguments = [context.message, *[p(context) for p in providers]]
+            run = contextvars.copy_context().run
+            return await asyncio.get_running_loop().run_in_executor(
+                app.executor, run, function, *arguments
+            )
+
+        return call_in_thread
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        headers: dict[str, str],
+        message: Any,
+        options: SendOptions,
+    ) -> None:
+        """Address a copy to `endpoint` and send it to the first channel of its chain."""
+        wire = dict(headers)
+        wire.update(self.app.wire_headers[endpoint.id])
+        delay = options.delay if options.delay is not None else endpoint.delay
+        priority = options.priority if options.priority is not None else endpoint.priority
+        ttl = options.time_to_live or endpoint.time_to_live
+        if delay is not None or ttl is not None:
+            now = self.app.clock.now()
+            if delay is not None:
+                wire[h.DELIVER_AT] = f"{_deliver_at(delay, message, headers, now):.6f}"
+            if ttl is not None:
+                wire[h.EXPIRES_AT] = f"{now + ttl.total_seconds():.6f}"
+        if priority is not None:
+            wire[h.PRIORITY] = str(priority)
+        channel = self.app.channel(endpoint.channels[0])
+        await self._send_chain(Outgoing(channel, Envelope(body, wire), message))
+
+    async def _collect(self, outgoing: Outgoing) -> None:
+        pending = pending_sends.get()
+        if pending is None:
+            await outgoing.channel.send([outgoing.envelope])
+        else:
+            pending.append(outgoing)
+
+    async def flush(self, pending: list[Outgoing]) -> None:
+        """Send collected messages, one batch per channel, in the order they were sent."""
+        if len(pending) == 1:
+            await pending[0].channel.send([pending[0].envelope])
+            return
+        batches: dict[int, tuple[Any, list[Envelope]]] = {}
+        for outgoing in pending:
+            batch = batches.setdefault(id(outgoing.channel), (outgoing.channel, []))
+            batch[1].append(outgoing.envelope)
+        await asyncio.gather(*(channel.send(envelopes) for channel, envelopes in batches.values()))
+
+
+class _Bus:
+    __slots__ = ("_dispatcher",)
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+
+@final
+class CommandBus(_Bus):
+    """Sends commands; inject it into handlers by annotating a parameter with `CommandBus`."""
+
+    async def send(
+        self,
+        command: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        delay: DelaySpec | None = None,
+        priority: int | None = None,
+        time_to_live: timedelta | None = None,
+    ) -> Any:
+        """Send a command to its one handler and return what it returned (None if asynchronous).
+
+        Raises `HandlerNotFound` if nothing handles it, and whatever a synchronous handler raised.
+        """
+        options = (
+            _NO_OPTIONS
+            if delay is None and priority is None and time_to_live is None
+            else SendOptions(delay, priority, time_to_live)
+        )
+        return await self._dispatcher.command(command, headers, name, options)
+
+
+@final
+class EventBus(_Bus):
+    """Publishes events; inject it into handlers by annotating a parameter with `EventBus`."""
+
+    async def publish(
+        self,
+        event: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        name: str | None = None,
+        delay: DelaySpec | None = None,
+        priority: int | None = None,
+        time_to_live: timedelta | None = None,
+    ) -> None:
+        """Publish an event to every subscriber: sync ones run now, asynchronous ones get a copy each.
+
+        An event with no subscribers is fine. A synchronous subscriber's exception reaches the caller
+        and no copy is sent.
+        """
+        options = (
+            _NO_OPTIONS
+            if delay is None and priority is None and time_to_live is None
+            else SendOptions(delay, priority, time_to_live)
+        )
+        await self._dispatcher.event(event, headers, name, options)
+
+
+@final
+class QueryBus(_Bus):
+    """Asks queries; inject it into handlers by annotating a parameter with `QueryBus`."""
+
+    async def ask(
+        self, query: Any, *, headers: Mapping[str, str] | None = None, name: str | None = None
+    ) -> Any:
+        """Return the answer of the query's one handler. Raises `HandlerNotFound` if none."""
+        return await self._dispatcher.query(query, headers, name)

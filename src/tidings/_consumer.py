@@ -1,0 +1,400 @@
+"""The consumer: receives from channels and runs each message's endpoint, at least once.
+
+A delivery is acknowledged only after its handler returned and what it sent was flushed. Failures go
+to the app's failure policy (retries, dead letter); without one, the message goes back to its channel
+with a growing delay. On stop, receiving ends first, in-flight handlers get the drain time to finish,
+and whatever is unfinished is given back without costing an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from tidings import headers as h
+from tidings._buses import pending_sends
+from tidings._context import MessageContext, current_context
+from tidings.exceptions import EndpointNotFound, MessageExpired
+from tidings.middleware.base import Outgoing
+
+if TYPE_CHECKING:
+    from tidings._app import App
+    from tidings.channels.base import Channel, Delivery
+
+__all__ = ["Consumer", "ConsumerStats", "FailurePolicy"]
+
+logger = logging.getLogger("tidings.consumer")
+
+_IDLE_RECEIVE_TIMEOUT: Final = 1.0
+_EMPTY_CHECK_TIMEOUT: Final = 0.05
+_MAX_FALLBACK_DELAY: Final = 60.0
+
+
+@dataclass
+class ConsumerStats:
+    """What a consumer run did."""
+
+    handled: int = 0
+    failed: int = 0
+    expired: int = 0
+    relayed: int = 0
+    #: Given back to the channel on stop, unhandled, without costing an attempt.
+    returned: int = 0
+    stopped_because: str = ""
+    errors: list[BaseException] = field(default_factory=list)
+
+
+class FailurePolicy:
+    """Decides what happens to a delivery whose handling failed; the resiliency layer replaces it.
+
+    The default gives the message back to its channel with an exponential delay, so nothing is lost.
+    """
+
+    async def handle_failure(
+        self,
+        app: App,
+        channel: Channel,
+        delivery: Delivery,
+        error: Exception,
+        context: MessageContext | None,
+    ) -> bool:
+        """Deal with the failed delivery; return True if it may now be acked."""
+        delay = min(2.0 ** (delivery.delivery_count - 1), _MAX_FALLBACK_DELAY)
+        await channel.nack([delivery], delay=delay)
+        return False
+
+
+class _Acker:
+    """Acks in batches: acks that arrive while one batch is in flight go out together next."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self._buffer: list[Delivery] = []
+        self._flushing: asyncio.Task[None] | None = None
+
+    def ack(self, delivery: Delivery) -> None:
+        self._buffer.append(delivery)
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer, []
+            try:
+                await self.channel.ack(batch)
+            except Exception:
+                # The broker will redeliver these; handlers are protected by deduplication.
+                logger.exception("acking %d messages on %r failed", len(batch), self.channel)
+
+    async def drain(self) -> None:
+        while self._flushing is not None and not self._flushing.done():
+            await self._flushing
+
+
+def _resident_memory_mb() -> float:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1_048_576
+    except OSError:  # not Linux: peak RSS is the best available figure
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Consumer:
+    """Runs the endpoints of messages received from some channels."""
+
+    def __init__(
+        self,
+        app: App,
+        channels: Sequence[str],
+        *,
+        concurrency: int,
+        batch_size: int,
+        message_limit: int | None,
+        time_limit: float | None,
+        memory_limit_mb: float | None,
+        stop_when_empty: bool,
+        drain_timeout: float,
+        raise_errors: bool,
+    ) -> None:
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError("concurrency and batch_size must be at least 1")
+        self.app = app
+        self.channels = [app.channel(name) for name in channels]
+        self.concurrency = concurrency
+        self.batch_size = batch_size
+        self.message_limit = message_limit
+        self.time_limit = time_limit
+        self.memory_limit_mb = memory_limit_mb
+        self.stop_when_empty = stop_when_empty
+        self.drain_timeout = drain_timeout
+        self.raise_errors = raise_errors
+        self.stats = ConsumerStats()
+        self.failure_policy: FailurePolicy = app.extension_state.get(
+            "failure_policy", FailurePolicy()
+        )
+        self._stopping = asyncio.Event()
+        self._active = 0
+        self._slot_freed = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._leased: dict[str, set[Delivery]] = {channel.name: set() for channel in self.channels}
+        self._ackers = {channel.name: _Acker(channel) for channel in self.channels}
+        self._empty = dict.fromkeys(self._leased, False)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop receiving and drain; safe to call from a signal handler."""
+        if not self._stopping.is_set():
+            self.stats.stopped_because = reason
+            logger.info("consumer stopping (%s), draining in-flight handlers", reason)
+            self._stopping.set()
+
+    async def run(self, *, handle_signals: bool = False) -> ConsumerStats:
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop, signal.Signals(signum).name)
+        timer = None
+        if self.time_limit is not None:
+            timer = loop.call_later(self.time_limit, self.stop, "time limit")
+        receivers = [
+            asyncio.ensure_future(self._receive_loop(channel)) for channel in self.channels
+        ]
+        heartbeats = [asyncio.ensure_future(self._heartbeat(channel)) for channel in self.channels]
+        try:
+            await asyncio.gather(*receivers)
+        finally:
+            for task in receivers + heartbeats:
+                task.cancel()
+            await asyncio.gather(*receivers, *heartbeats, return_exceptions=True)
+            await self._drain()
+            if timer is not None:
+                timer.cancel()
+            if handle_signals:
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(signum)
+        if self.raise_errors and self.stats.errors:
+            raise self.stats.errors[0]
+        return self.stats
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    async def _free_slots(self) -> int:
+        while self._active >= self.concurrency:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+        return self.concurrency - self._active
+
+    async def _receive_loop(self, channel: Channel) -> None:
+        timeout = _EMPTY_CHECK_TIMEOUT if self.stop_when_empty else _IDLE_RECEIVE_TIMEOUT
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            while not self._stopping.is_set():
+                free = await self._free_slots()
+                receiving = asyncio.ensure_future(
+                    channel.receive(min(self.batch_size, free), timeout)
+                )
+                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                if not receiving.done():
+                    receiving.cancel()
+                    await asyncio.gather(receiving, return_exceptions=True)
+                    break
+                deliveries = receiving.result()
+                if deliveries:
+                    self._empty[channel.name] = False
+                    self._dispatch(channel, deliveries)
+                elif self.stop_when_empty:
+                    self._empty[channel.name] = True
+                    if not self._inflight and all(self._empty.values()):
+                        self.stop("empty")
+        finally:
+            stopping.cancel()
+
+    def _dispatch(self, channel: Channel, deliveries: list[Delivery]) -> None:
+        relays = [d for d in deliveries if h.ROUTING_SLIP in d.envelope.headers]
+        if relays:
+            self._start(self._relay(channel, relays), channel, relays)
+        for delivery in deliveries:
+            if h.ROUTING_SLIP not in delivery.envelope.headers:
+                self._start(self._process(channel, delivery), channel, [delivery])
+
+    def _start(self, work: Any, channel: Channel, deliveries: list[Delivery]) -> None:
+        self._active += 1
+        leased = self._leased[channel.name]
+        leased.update(deliveries)
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self._inflight.add(task)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            self._inflight.discard(task)
+            leased.difference_update(deliveries)
+            self._active -= 1
+            self._slot_freed.set()
+
+        task.add_done_callback(finished)
+
+    # -- handling ---------------------------------------------------------------------------------
+
+    async def _process(self, channel: Channel, delivery: Delivery) -> None:
+        app = self.app
+        headers = delivery.envelope.headers
+        context: MessageContext | None = None
+        try:
+            expires_at = headers.get(h.EXPIRES_AT)
+            if expires_at is not None and float(expires_at) <= app.clock.now():
+                raise MessageExpired(
+                    f"message {delivery.envelope.message_id} expired before it was received",
+                    envelope=delivery.envelope,
+                )
+            endpoint = app.endpoints.get(headers.get(h.ENDPOINT, ""))
+            if endpoint is None:
+                raise EndpointNotFound(
+                    f"message {delivery.envelope.message_id} on channel '{channel.name}' is for "
+                    f"endpoint '{headers.get(h.ENDPOINT)}', which app '{app.name}' does not have "
+                    f"(renamed or removed handler?)",
+                    envelope=delivery.envelope,
+                )
+            context = MessageContext(
+                app,
+                endpoint,
+                headers,
+                envelope=delivery.envelope,
+                delivery=delivery,
+                channel=channel.name,
+            )
+            pending: list[Outgoing] = []
+            sends_token = pending_sends.set(pending)
+            context_token = current_context.set(context)
+            try:
+                assert endpoint.pipeline is not None
+                await endpoint.pipeline(context)
+            finally:
+                current_context.reset(context_token)
+                pending_sends.reset(sends_token)
+            if pending:
+                await app.dispatcher.flush(pending)
+        except asyncio.CancelledError:
+            # Cut off by the drain deadline: back to the channel, not counted as a failure.
+            self.stats.returned += 1
+            await channel.nack([delivery])
+            raise
+        except MessageExpired:
+            self.stats.expired += 1
+            logger.info("dropped expired message %s", delivery.envelope.message_id)
+            self._ackers[channel.name].ack(delivery)
+            return
+        except Exception as error:
+            await self._failed(channel, delivery, error, context)
+            return
+        self._ackers[channel.name].ack(delivery)
+        self._count_handled()
+
+    async def _failed(
+        self,
+        channel: Channel,
+        delivery: Delivery,
+        error: Exception,
+        context: MessageContext | None,
+    ) -> None:
+        self.stats.failed += 1
+        logger.error(
+            "endpoint %s failed on message %s from channel %s: %s",
+            delivery.envelope.endpoint,
+            delivery.envelope.message_id,
+            channel.name,
+            error,
+            exc_info=not self.raise_errors,
+        )
+        if self.raise_errors:
+            self.stats.errors.append(error)
+            await channel.nack([delivery])
+            self.stop("handler error")
+            return
+        try:
+            handled = await self.failure_policy.handle_failure(
+                self.app, channel, delivery, error, context
+            )
+        except Exception:
+            logger.exception(
+                "failure policy failed; message %s goes back to its channel",
+                delivery.envelope.message_id,
+            )
+            await channel.nack([delivery], delay=_MAX_FALLBACK_DELAY)
+            return
+        if handled:
+            self._ackers[channel.name].ack(delivery)
+
+    async def _relay(self, channel: Channel, deliveries: list[Delivery]) -> None:
+        """Forward routing-slip messages to their next channel; ack only after the target took them."""
+        by_target: dict[str, list[Delivery]] = {}
+        for delivery in deliveries:
+            target = delivery.envelope.headers[h.ROUTING_SLIP].partition(",")[0]
+            by_target.setdefault(target, []).append(delivery)
+        for target, batch in by_target.items():
+            forwarded = []
+            for delivery in batch:
+                rest = delivery.envelope.headers[h.ROUTING_SLIP].partition(",")[2]
+                forwarded.append(delivery.envelope.with_headers({h.ROUTING_SLIP: rest or None}))
+            try:
+                await self.app.channel(target).send(forwarded)
+            except asyncio.CancelledError:
+                await channel.nack(batch)
+                raise
+            except Exception:
+                logger.exception(
+                    "relaying %d messages from %s to %s failed; retrying later",
+                    len(batch),
+                    channel.name,
+                    target,
+                )
+                await channel.nack(batch, delay=1.0)
+                continue
+            acker = self._ackers[channel.name]
+            for delivery in batch:
+                acker.ack(delivery)
+            self.stats.relayed += len(batch)
+            self._count_handled(len(batch), counted=False)
+
+    def _count_handled(self, count: int = 1, *, counted: bool = True) -> None:
+        if counted:
+            self.stats.handled += count
+        done = self.stats.handled + self.stats.relayed
+        if self.message_limit is not None and done >= self.message_limit:
+            self.stop("message limit")
+        if (
+            self.memory_limit_mb is not None
+            and done % 100 == 0
+            and _resident_memory_mb() > self.memory_limit_mb
+        ):
+            self.stop("memory limit")
+
+    async def _heartbeat(self, channel: Channel) -> None:
+        """Extend the leases of deliveries still being handled, so long handlers keep them."""
+        interval = channel.lease_seconds / 3
+        leased = self._leased[channel.name]
+        while True:
+            await asyncio.sleep(interval)
+            if leased:
+                try:
+                    await channel.extend_lease(list(leased), channel.lease_seconds)
+                except Exception:
+                    logger.exception("extending leases on %r failed", channel)
+
+    async def _drain(self) -> None:
+        if self._inflight:
+            started = time.monotonic()
+            _done, unfinished = await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            logger.info(
+                "drained in %.2fs; %d unfinished handlers returned their messages",
+                time.monotonic() - started,
+                len(unfinished),
+            )
+        await asyncio.gather(*(acker.drain() for acker in self._ackers.values()))
