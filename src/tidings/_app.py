@@ -27,7 +27,7 @@ from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware, Outgoing, SendNext, wraps_handling, wraps_sending
 
 if TYPE_CHECKING:
-    from tidings._consumer import ConsumerStats
+    from tidings._consumer import Consumer, ConsumerStats
 
 __all__ = ["App", "CombinedChannel", "Extension"]
 
@@ -315,7 +315,7 @@ class App:
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
-    async def run(
+    def consumer(
         self,
         *channels: str,
         concurrency: int = 10,
@@ -325,23 +325,20 @@ class App:
         memory_limit_mb: float | None = None,
         stop_when_empty: bool = False,
         drain_timeout: float = 30.0,
-        handle_signals: bool = False,
         raise_errors: bool = False,
-    ) -> ConsumerStats:
-        """Consume `channels` (all declared ones if none are named) until stopped or a limit is hit.
+    ) -> Consumer:
+        """A consumer of `channels` (all declared ones if none are named); `await consumer.run()`.
 
-        On SIGTERM or SIGINT (with `handle_signals`), receiving stops, in-flight handlers get up to
-        `drain_timeout` seconds to finish, and anything unfinished goes back to its channel without
-        costing an attempt.
+        `consumer.stop()` (or SIGTERM/SIGINT with `run(handle_signals=True)`) ends receiving; in-flight
+        handlers get up to `drain_timeout` seconds to finish, and anything unfinished goes back to its
+        channel without costing an attempt.
         """
         from tidings._consumer import Consumer
 
-        if not self._started:
-            raise ConfigurationError("start the app before running consumers: `async with app:`")
         names = channels or tuple(self._channels)
         for name in names:
             self.channel(name)
-        consumer = Consumer(
+        return Consumer(
             self,
             names,
             concurrency=concurrency,
@@ -353,7 +350,12 @@ class App:
             drain_timeout=drain_timeout,
             raise_errors=raise_errors,
         )
-        return await consumer.run(handle_signals=handle_signals)
+
+    async def run(self, *channels: str, handle_signals: bool = False, **options: Any) -> ConsumerStats:
+        """Consume `channels` until stopped or a limit is hit; options as for `consumer(...)`."""
+        if not self._started:
+            raise ConfigurationError("start the app before running consumers: `async with app:`")
+        return await self.consumer(*channels, **options).run(handle_signals=handle_signals)
 
     def transaction(self) -> AbstractAsyncContextManager[Any]:
         """A database transaction; messages published inside it commit with it (the outbox).

@@ -44,9 +44,7 @@ class SendOptions:
 
     __slots__ = ("delay", "priority", "time_to_live")
 
-    def __init__(
-        self, delay: DelaySpec | None, priority: int | None, time_to_live: timedelta | None
-    ) -> None:
+    def __init__(self, delay: DelaySpec | None, priority: int | None, time_to_live: timedelta | None) -> None:
         self.delay = delay
         self.priority = priority
         self.time_to_live = time_to_live
@@ -110,9 +108,7 @@ class Dispatcher:
 
     # -- bus calls --------------------------------------------------------------------------------
 
-    def _route(
-        self, kind: HandlerKind, message: Any, name: str | None
-    ) -> tuple[str, tuple[Endpoint, ...]]:
+    def _route(self, kind: HandlerKind, message: Any, name: str | None) -> tuple[str, tuple[Endpoint, ...]]:
         routes = self.app.routes
         if name is not None:
             return name, routes.by_name(kind, name)
@@ -139,9 +135,7 @@ class Dispatcher:
         message_headers = self.new_headers(wire_name, headers)
         for observe in self.observers:
             observe("command", message, message_headers)
-        return await self._collecting(
-            self._deliver, endpoints[0], message, message_headers, options
-        )
+        return await self._collecting(self._deliver, endpoints[0], message, message_headers, options)
 
     async def event(
         self,
@@ -220,7 +214,9 @@ class Dispatcher:
 
     async def invoke(self, endpoint: Endpoint, message: Any, headers: dict[str, str]) -> Any:
         classes = endpoint.message_classes
-        if classes and not isinstance(message, classes):
+        if (classes and not isinstance(message, classes)) or (
+            endpoint.takes_mapping and not isinstance(message, Mapping)
+        ):
             # Routed by name with a payload of another shape: convert through the wire format.
             message = endpoint.decode(self._encode(message, headers), headers.get(h.MESSAGE_NAME))
         context = MessageContext(self.app, endpoint, headers, message=message)
@@ -252,9 +248,7 @@ class Dispatcher:
         async def call_in_thread(context: MessageContext) -> Any:
             arguments = [context.message, *[p(context) for p in providers]]
             run = contextvars.copy_context().run
-            return await asyncio.get_running_loop().run_in_executor(
-                app.executor, run, function, *arguments
-            )
+            return await asyncio.get_running_loop().run_in_executor(app.executor, run, function, *arguments)
 
         return call_in_thread
 

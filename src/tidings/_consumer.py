@@ -136,9 +136,7 @@ class Consumer:
         self.drain_timeout = drain_timeout
         self.raise_errors = raise_errors
         self.stats = ConsumerStats()
-        self.failure_policy: FailurePolicy = app.extension_state.get(
-            "failure_policy", FailurePolicy()
-        )
+        self.failure_policy: FailurePolicy = app.extension_state.get("failure_policy", FailurePolicy())
         self._stopping = asyncio.Event()
         self._active = 0
         self._slot_freed = asyncio.Event()
@@ -162,9 +160,7 @@ class Consumer:
         timer = None
         if self.time_limit is not None:
             timer = loop.call_later(self.time_limit, self.stop, "time limit")
-        receivers = [
-            asyncio.ensure_future(self._receive_loop(channel)) for channel in self.channels
-        ]
+        receivers = [asyncio.ensure_future(self._receive_loop(channel)) for channel in self.channels]
         heartbeats = [asyncio.ensure_future(self._heartbeat(channel)) for channel in self.channels]
         try:
             await asyncio.gather(*receivers)
@@ -193,18 +189,18 @@ class Consumer:
     async def _receive_loop(self, channel: Channel) -> None:
         timeout = _EMPTY_CHECK_TIMEOUT if self.stop_when_empty else _IDLE_RECEIVE_TIMEOUT
         stopping = asyncio.ensure_future(self._stopping.wait())
+        receiving: asyncio.Future[list[Delivery]] | None = None
         try:
             while not self._stopping.is_set():
                 free = await self._free_slots()
-                receiving = asyncio.ensure_future(
-                    channel.receive(min(self.batch_size, free), timeout)
-                )
+                if self._stopping.is_set():
+                    break
+                receiving = asyncio.ensure_future(channel.receive(min(self.batch_size, free), timeout))
                 await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not receiving.done():
-                    receiving.cancel()
-                    await asyncio.gather(receiving, return_exceptions=True)
                     break
                 deliveries = receiving.result()
+                receiving = None
                 if deliveries:
                     self._empty[channel.name] = False
                     self._dispatch(channel, deliveries)
@@ -214,6 +210,16 @@ class Consumer:
                         self.stop("empty")
         finally:
             stopping.cancel()
+            if receiving is not None:
+                await self._abandon(channel, receiving)
+
+    @staticmethod
+    async def _abandon(channel: Channel, receiving: asyncio.Future[list[Delivery]]) -> None:
+        """Stop a receive in progress; anything it leased after all goes straight back."""
+        receiving.cancel()
+        await asyncio.gather(receiving, return_exceptions=True)
+        if not receiving.cancelled() and receiving.exception() is None and receiving.result():
+            await channel.nack(receiving.result())
 
     def _dispatch(self, channel: Channel, deliveries: list[Delivery]) -> None:
         relays = [d for d in deliveries if h.ROUTING_SLIP in d.envelope.headers]
@@ -316,9 +322,7 @@ class Consumer:
             self.stop("handler error")
             return
         try:
-            handled = await self.failure_policy.handle_failure(
-                self.app, channel, delivery, error, context
-            )
+            handled = await self.failure_policy.handle_failure(self.app, channel, delivery, error, context)
         except Exception:
             logger.exception(
                 "failure policy failed; message %s goes back to its channel",

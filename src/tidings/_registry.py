@@ -68,9 +68,10 @@ class Endpoint:
         self.qualname = qualname
         self.is_coroutine = inspect.iscoroutinefunction(function)
         self.message_type = message_type
-        self.message_classes: tuple[type[Any], ...] = tuple(
-            member for member in union_members(message_type) if isinstance(member, type)
-        )
+        members = [m for m in union_members(message_type) if isinstance(m, type) and m is not Any]
+        # TypedDicts are plain dicts at run time: routed by name, never by isinstance.
+        self.message_classes: tuple[type[Any], ...] = tuple(m for m in members if not typing.is_typeddict(m))
+        self._member_names = {message_name(m): m for m in members}
         self.names = spec.names
         self.channels = channels
         self.delay: DelaySpec | None = spec.delay
@@ -79,8 +80,9 @@ class Endpoint:
         self.options: dict[str, Any] = spec.options
         self.handler_middleware: list[Middleware] = list(spec.middleware)
         self.parameters = parameters
-        names = {message_name(cls): cls for cls in self.message_classes}
-        self.decode: Decoder = decoder_for(message_type, names)
+        self.decode: Decoder = decoder_for(message_type, self._member_names)
+        #: Whether the handler takes a plain mapping (routed by name, not by class).
+        self.takes_mapping = not self.message_classes
         #: The middleware chain ending in the handler call; built by the app.
         self.pipeline: CallNext | None = None
 
@@ -104,7 +106,7 @@ class Endpoint:
         for pattern in self.names:
             if pattern == name or ("*" in pattern and fnmatch.fnmatchcase(name, pattern)):
                 return True
-        return any(message_name(cls) == name for cls in self.message_classes)
+        return name in self._member_names
 
 
 # -- collection ---------------------------------------------------------------------------------------
@@ -198,9 +200,7 @@ def _discover(
                     add_function(value)
         elif inspect.isclass(item):
             if not _handler_functions(item):
-                raise ConfigurationError(
-                    f"class {item.__qualname__} has no decorated handler methods"
-                )
+                raise ConfigurationError(f"class {item.__qualname__} has no decorated handler methods")
             add_instance(_construct(item, services))
         elif inspect.isfunction(item) or inspect.ismethod(item):
             add_function(item)
@@ -232,9 +232,7 @@ def _plan_parameter(
     if typing.get_origin(annotation) is Annotated:
         for extra in annotation.__metadata__:
             if isinstance(extra, Header):
-                default = (
-                    None if parameter.default is inspect.Parameter.empty else parameter.default
-                )
+                default = None if parameter.default is inspect.Parameter.empty else parameter.default
                 return _header_provider(extra.name, default)
         annotation = annotation.__origin__
     for resolve in resolvers:
@@ -288,9 +286,7 @@ def _plan(
     if message_type in (dict, Mapping, typing.Any) or typing.get_origin(message_type) in (dict,):
         message_type = Any
     providers = tuple(
-        _plan_parameter(
-            qualname, name, parameter, hints.get(name, parameter.annotation), resolvers, services
-        )
+        _plan_parameter(qualname, name, parameter, hints.get(name, parameter.annotation), resolvers, services)
         for name, parameter in parameters[1:]
     )
     return message_type, providers
@@ -401,9 +397,7 @@ class Routes:
         candidates = [e for e in self._endpoints if e.kind == kind]
         if kind == "event":
             return tuple(
-                e
-                for e in candidates
-                if issubclass_any(cls, e.message_classes) or e.accepts_name(name)
+                e for e in candidates if issubclass_any(cls, e.message_classes) or e.accepts_name(name)
             )
         # A command or query goes to the handler of its most specific class.
         for ancestor in cls.__mro__:

@@ -1,0 +1,120 @@
+"""The `tidings` command: run consumers, list endpoints, manage the database."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from tidings._app import App
+
+__all__ = ["load_app", "main"]
+
+
+def load_app(reference: str) -> App:
+    """Import `module:attribute` (an App, or a function returning one) from the working directory."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise click.BadParameter(f"expected 'module:attribute', e.g. 'shop.app:app', got {reference!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise click.BadParameter(f"cannot import module {module_name!r}: {error}") from error
+    try:
+        target: Any = getattr(module, attribute)
+    except AttributeError:
+        raise click.BadParameter(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(target, App) and callable(target):
+        target = target()
+    if not isinstance(target, App):
+        raise click.BadParameter(f"{reference} is {type(target).__name__}, not a tidings App")
+    return target
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+def main(log_level: str) -> None:
+    """tidings: asynchronous messaging with an outbox, isolation, retries and dead letters."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
+    )
+
+
+@main.command()
+@click.argument("app_reference", metavar="MODULE:APP")
+@click.argument("channels", nargs=-1)
+@click.option("--concurrency", default=10, show_default=True, help="Handlers running at once.")
+@click.option("--batch-size", default=100, show_default=True, help="Messages received per call.")
+@click.option("--limit", "message_limit", type=int, help="Stop after handling this many messages.")
+@click.option("--time-limit", type=float, help="Stop after this many seconds.")
+@click.option("--memory-limit", "memory_limit_mb", type=float, help="Stop above this RSS, in MB.")
+@click.option("--stop-when-empty", is_flag=True, help="Stop when nothing more is due.")
+@click.option(
+    "--drain-timeout",
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight handlers get to finish on SIGTERM/SIGINT.",
+)
+def run(app_reference: str, channels: tuple[str, ...], **options: Any) -> None:
+    """Consume CHANNELS (every declared channel if none named) and run their handlers."""
+    app = load_app(app_reference)
+
+    async def consume() -> None:
+        async with app:
+            stats = await app.run(*channels, handle_signals=True, **options)
+        logging.getLogger("tidings").info(
+            "stopped (%s): %d handled, %d relayed, %d failed, %d expired, %d returned",
+            stats.stopped_because or "done",
+            stats.handled,
+            stats.relayed,
+            stats.failed,
+            stats.expired,
+            stats.returned,
+        )
+
+    asyncio.run(consume())
+
+
+@main.command()
+@click.argument("app_reference", metavar="MODULE:APP")
+def endpoints(app_reference: str) -> None:
+    """List every endpoint with its message, channels and policies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    app = load_app(app_reference)
+    table = Table(title=f"endpoints of {app.name}")
+    for column in ("endpoint", "kind", "message", "channels", "policies", "handler"):
+        table.add_column(column)
+    for endpoint in app.endpoints.values():
+        policies = []
+        if endpoint.delay is not None:
+            policies.append(f"delay={endpoint.delay}")
+        if endpoint.priority is not None:
+            policies.append(f"priority={endpoint.priority}")
+        if endpoint.time_to_live is not None:
+            policies.append(f"ttl={endpoint.time_to_live}")
+        policies.extend(f"{key}={value}" for key, value in endpoint.options.items())
+        names = ", ".join(endpoint.names)
+        message = endpoint.message_type_name + (f" ({names})" if names else "")
+        table.add_row(
+            endpoint.id,
+            endpoint.kind,
+            message,
+            " → ".join(endpoint.channels) or "(sync)",
+            ", ".join(policies),
+            endpoint.qualname,
+        )
+    Console().print(table)
