@@ -68,9 +68,7 @@ class MessageContext:
         if self._message is _UNDECODED:
             assert self.envelope is not None
             try:
-                self._message = self.endpoint.decode(
-                    self.envelope.body, self.headers.get(h.MESSAGE_NAME)
-                )
+                self._message = self.endpoint.decode(self.envelope.body, self.headers.get(h.MESSAGE_NAME))
             except Exception as error:
                 raise SerializationError(
                     f"endpoint '{self.endpoint.id}' could not decode message "

@@ -98,9 +98,7 @@ def _mark_handler(
 @overload
 def command_handler(function: F, /) -> F: ...
 @overload
-def command_handler(
-    name: str | None = None, /, *, endpoint_id: str | None = None
-) -> Callable[[F], F]: ...
+def command_handler(name: str | None = None, /, *, endpoint_id: str | None = None) -> Callable[[F], F]: ...
 def command_handler(
     target: Callable[..., Any] | str | None = None, /, *, endpoint_id: str | None = None
 ) -> Any:
@@ -131,9 +129,7 @@ def event_handler(*targets: Any, endpoint_id: str | None = None) -> Any:
 @overload
 def query_handler(function: F, /) -> F: ...
 @overload
-def query_handler(
-    name: str | None = None, /, *, endpoint_id: str | None = None
-) -> Callable[[F], F]: ...
+def query_handler(name: str | None = None, /, *, endpoint_id: str | None = None) -> Callable[[F], F]: ...
 def query_handler(
     target: Callable[..., Any] | str | None = None, /, *, endpoint_id: str | None = None
 ) -> Any:

@@ -28,9 +28,7 @@ def named(name: str) -> Callable[[type[T]], type[T]]:
         class OrderPlaced: ...
     """
     if not name or name != name.strip():
-        raise ValueError(
-            f"a message name must be a non-empty word without surrounding spaces: {name!r}"
-        )
+        raise ValueError(f"a message name must be a non-empty word without surrounding spaces: {name!r}")
 
     def attach(cls: type[T]) -> type[T]:
         # Stored in the class's own dict so that subclasses do not inherit their parent's name.

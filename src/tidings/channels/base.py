@@ -85,9 +85,7 @@ class Channel(ABC):
 
     def __init__(self, name: str, *, lease_seconds: float = 30.0) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise ValueError(
-                f"a channel name uses letters, digits, '-', '_' and '.' only: {name!r}"
-            )
+            raise ValueError(f"a channel name uses letters, digits, '-', '_' and '.' only: {name!r}")
         if lease_seconds <= 0:
             raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
         self.name = name
