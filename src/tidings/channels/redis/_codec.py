@@ -1,22 +1,43 @@
-"""How an envelope is stored in Redis: one msgpack value holding the headers and the raw body."""
+"""How a message is stored in Redis: one msgpack *element* per message.
+
+An element is the msgpack array `[count, priority, uid, headers, body]`:
+
+- `count` (deliveries so far) is always a 32-bit unsigned int (`0xce` + 4 bytes) at bytes 2-6,
+  so that a Lua script can raise it in place;
+- `priority` is the decimal string of the lane (a msgpack fixstr at byte 7), readable by scripts;
+- `uid` makes every element unique, so two identical envelopes never share a lease;
+- `headers` and `body` are the envelope, unchanged.
+
+The element is also the delivery's receipt: acking removes exactly that string from the leases.
+"""
 
 from __future__ import annotations
 
 import msgspec
 
 from tidings._message import Envelope
+from tidings.channels.base import Delivery
 
-__all__ = ["decode_envelope", "encode_envelope"]
+__all__ = ["decode_batch", "encode_element"]
+
+#: fixarray of 5, then the count of earlier deliveries as a fixed-width uint32 zero.
+_FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(tuple[dict[str, str], bytes]).decode
+_decode_batch = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+_decode_element = msgspec.msgpack.Decoder(tuple[int, str, str, dict[str, str], bytes]).decode
 
 
-def encode_envelope(envelope: Envelope) -> bytes:
-    """Headers and body in one value, so that a message is one hash field."""
-    return _encode((envelope.headers, envelope.body))
+def encode_element(priority: str, uid: str, envelope: Envelope) -> bytes:
+    """A never-delivered element; `priority` is a decimal string of at most 31 characters."""
+    # The tuple encodes as fixarray(4) + fields: drop its header and put ours in front.
+    return _FRESH_HEAD + _encode((priority, uid, envelope.headers, envelope.body))[1:]
 
 
-def decode_envelope(value: bytes) -> Envelope:
-    headers, body = _decode(value)
-    return Envelope(body, headers)
+def decode_batch(batch: bytes) -> list[Delivery]:
+    """Deliveries from a claim script's reply: a msgpack array of elements."""
+    deliveries = []
+    for raw in _decode_batch(batch):
+        count, _, _, headers, body = _decode_element(raw)
+        deliveries.append(Delivery(Envelope(body, headers), bytes(raw), count + 1))
+    return deliveries

@@ -1,86 +1,59 @@
-"""The Lua scripts behind `RedisChannel`: every state change is one atomic script call per batch.
+"""The Lua scripts behind `RedisChannel`: each state change that needs atomicity is one script call.
 
 Layout of one channel (all keys share the `{name}` hash tag, so one script may touch them all):
 
-- `payloads`  hash  message id -> packed envelope; one entry per message until it is acked.
 - `lane:<p>`  list  ready messages of priority `p`, oldest first.
 - `lanes`     zset  the priorities that have a non-empty lane, scored `-p` (highest first).
 - `delayed`   zset  messages not due yet, scored by due time (epoch seconds).
 - `leases`    zset  leased messages, scored by lease expiry (epoch seconds).
-- `seq`       string  counter that numbers messages.
 
-A message id is `<priority>/<sequence>`, so that a message finds its lane again without a lookup.
-Lanes and the delayed set hold *elements*: the id of a message never delivered, or `<id>#<n>` for
-one already delivered `n` times. A lease member is always `<id>#<n>` for the n-th delivery: it is
-the receipt, so an ack, nack or extension from a consumer whose lease already ran out (and whose
-message went to someone else) finds no member and changes nothing.
+A message is stored as one self-contained *element* (see `_codec`), a msgpack array whose first field
+is a fixed-width count of earlier deliveries and whose second is the priority, so that a script can
+read the priority and raise the count without decoding the rest. The element itself is the lease
+member and the receipt: a claim moves it unchanged from its lane into `leases`, an ack removes it
+from `leases` (a plain ZREM), and a lease that runs out (or a nack) puts it back with its count
+raised. An ack, nack or extension from a consumer whose lease already ran out finds no member, so it
+changes nothing: the message went to someone else with a higher count.
+
+Scripts only ever pass elements through whole (their cost in Lua is per element, not per byte) and
+return a batch as one string: a msgpack array header followed by the elements, decoded in one call.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CLAIM", "NACK", "PURGE", "SEND"]
+__all__ = ["CLAIM", "DEPTH", "NACK", "PURGE"]
 
-# Lua's unpack() is bounded by the C stack (about 8000 values); bigger batches go in slices.
 _HELPERS = """
+local function priority_of(element)
+  -- byte 7 is a msgpack fixstr header (0xa0 + length) before the priority's digits
+  return string.sub(element, 8, 7 + string.byte(element, 7) - 160)
+end
+
+local function make_ready(lane_prefix, lanes_key, element)
+  local priority = priority_of(element)
+  redis.call('RPUSH', lane_prefix .. priority, element)
+  redis.call('ZADD', lanes_key, -tonumber(priority), priority)
+end
+
+local function delivered_once_more(element)
+  -- bytes 3-6 are the big-endian uint32 count of earlier deliveries
+  local count = struct.unpack('>I4', element, 3)
+  return string.sub(element, 1, 2) .. struct.pack('>I4', count + 1) .. string.sub(element, 7)
+end
+
+-- Lua's unpack() is bounded by the C stack (about 8000 values); bigger batches go in slices.
 local function call_in_slices(command, key, values)
   local total = #values
   for first = 1, total, 4000 do
     redis.call(command, key, unpack(values, first, math.min(first + 3999, total)))
   end
 end
-
-local function make_ready(lane_prefix, lanes_key, element)
-  local priority = string.match(element, '^(-?%d+)/')
-  redis.call('RPUSH', lane_prefix .. priority, element)
-  redis.call('ZADD', lanes_key, -tonumber(priority), priority)
-end
 """
 
-#: KEYS: payloads, delayed, lanes, seq.
-#: ARGV: lane prefix, wake-up topic, then per message: priority, due time ('' if ready), payload.
-SEND = (
-    _HELPERS
-    + """
-local count = (#ARGV - 2) / 3
-local sequence = redis.call('INCRBY', KEYS[4], count) - count
-local fields, delayed, lanes, priorities = {}, {}, {}, {}
-for i = 3, #ARGV, 3 do
-  sequence = sequence + 1
-  local priority = ARGV[i]
-  local id = priority .. '/' .. string.format('%d', sequence)
-  fields[#fields + 1] = id
-  fields[#fields + 1] = ARGV[i + 2]
-  local due = ARGV[i + 1]
-  if due == '' then
-    local lane = lanes[priority]
-    if lane == nil then
-      lane = {}
-      lanes[priority] = lane
-      priorities[#priorities + 1] = priority
-    end
-    lane[#lane + 1] = id
-  else
-    delayed[#delayed + 1] = due
-    delayed[#delayed + 1] = id
-  end
-end
-call_in_slices('HSET', KEYS[1], fields)
-if #delayed > 0 then
-  call_in_slices('ZADD', KEYS[2], delayed)
-end
-for _, priority in ipairs(priorities) do
-  call_in_slices('RPUSH', ARGV[1] .. priority, lanes[priority])
-  redis.call('ZADD', KEYS[3], -tonumber(priority), priority)
-end
-redis.call('PUBLISH', ARGV[2], '')
-return count
-"""
-)
-
-#: KEYS: payloads, delayed, leases, lanes.
-#: ARGV: lane prefix, wake-up channel, now, lease expiry, max messages.
-#: Returns a flat array (lease member, payload, delivery count)... or, when nothing is due, the time
-#: of the next due message or lease expiry as a string ('' when there is none).
+#: KEYS: delayed, leases, lanes.
+#: ARGV: lane prefix, wake-up topic, now, lease expiry, max messages.
+#: Returns the claimed elements as one msgpack array, or, when nothing is ready, a one-item array
+#: reply holding the time the next delayed message or lease is due ('' when there is none).
 CLAIM = (
     _HELPERS
     + """
@@ -88,109 +61,64 @@ local lane_prefix, now, lease_until = ARGV[1], ARGV[3], ARGV[4]
 local wanted = tonumber(ARGV[5])
 
 -- Due delayed messages and expired leases become ready first, oldest first, so that a claim
--- always sees everything that is due before it picks by priority.
+-- sees everything that is due before it picks by priority.
 local released = 0
-for _, key in ipairs({KEYS[2], KEYS[3]}) do
+for _, key in ipairs({KEYS[1], KEYS[2]}) do
   while true do
     local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, 1000)
     if #due == 0 then break end
     call_in_slices('ZREM', key, due)
     for _, element in ipairs(due) do
-      make_ready(lane_prefix, KEYS[4], element)
+      if key == KEYS[2] then
+        element = delivered_once_more(element)
+      end
+      make_ready(lane_prefix, KEYS[3], element)
     end
     released = released + #due
     if #due < 1000 then break end
   end
 end
 
-local ids, members, counts = {}, {}, {}
-local priorities = redis.call('ZRANGE', KEYS[4], 0, -1)
-for _, priority in ipairs(priorities) do
+local claimed, leases = {}, {}
+for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   local popped = redis.call('LPOP', lane_prefix .. priority, wanted)
   if not popped or #popped < wanted then
-    redis.call('ZREM', KEYS[4], priority)
+    redis.call('ZREM', KEYS[3], priority)
   end
   if popped then
     for _, element in ipairs(popped) do
-      local hash = string.find(element, '#', 1, true)
-      local id, count = element, 1
-      if hash then
-        id = string.sub(element, 1, hash - 1)
-        count = tonumber(string.sub(element, hash + 1)) + 1
-      end
-      ids[#ids + 1] = id
-      members[#members + 1] = id .. '#' .. count
-      counts[#counts + 1] = count
+      claimed[#claimed + 1] = element
+      leases[#leases + 1] = lease_until
+      leases[#leases + 1] = element
     end
     wanted = wanted - #popped
     if wanted <= 0 then break end
   end
 end
 
-if released > 0 and redis.call('EXISTS', KEYS[4]) == 1 then
+if released > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
   -- Messages this claim made ready are left over: wake the other consumers for them.
   redis.call('PUBLISH', ARGV[2], '')
 end
 
-if #ids == 0 then
+if #claimed == 0 then
   local next_due = nil
-  for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  for _, key in ipairs({KEYS[1], KEYS[2]}) do
     local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     if first[2] and (next_due == nil or tonumber(first[2]) < tonumber(next_due)) then
       next_due = first[2]
     end
   end
-  return next_due or ''
+  return {next_due or ''}
 end
 
-local reply, leases = {}, {}
-for first = 1, #ids, 4000 do
-  local last = math.min(first + 3999, #ids)
-  local payloads = redis.call('HMGET', KEYS[1], unpack(ids, first, last))
-  for i = first, last do
-    local payload = payloads[i - first + 1]
-    -- A payload can only be missing if someone deleted keys by hand; such a message is dropped.
-    if payload then
-      reply[#reply + 1] = members[i]
-      reply[#reply + 1] = payload
-      reply[#reply + 1] = counts[i]
-      leases[#leases + 1] = lease_until
-      leases[#leases + 1] = members[i]
-    end
-  end
-end
-if #leases > 0 then
-  call_in_slices('ZADD', KEYS[3], leases)
-end
-return reply
+call_in_slices('ZADD', KEYS[2], leases)
+-- 0xdd: msgpack array with a 32-bit length
+return struct.pack('>BI4', 221, #claimed) .. table.concat(claimed)
 """
 )
 
-#: KEYS: payloads, leases. ARGV: lease members.
-#: Returns how many were still leased (and are now gone).
-ACK = (
-    _HELPERS
-    + """
-local members, ids = {}, {}
-for first = 1, #ARGV, 4000 do
-  local last = math.min(first + 3999, #ARGV)
-  local scores = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, first, last))
-  for i = first, last do
-    if scores[i - first + 1] then
-      members[#members + 1] = ARGV[i]
-      ids[#ids + 1] = string.match(ARGV[i], '^(.*)#')
-    end
-  end
-end
-if #ids > 0 then
-  call_in_slices('ZREM', KEYS[2], members)
-  call_in_slices('HDEL', KEYS[1], ids)
-end
-return #ids
-"""
-)
-
-#: KEYS: delayed, leases, lanes. ARGV: lane prefix, wake-up channel, due time ('' for now), members.
+#: KEYS: delayed, leases, lanes. ARGV: lane prefix, wake-up topic, due time ('' for now), elements.
 #: Returns how many were still leased (and are now waiting again).
 NACK = (
     _HELPERS
@@ -198,31 +126,41 @@ NACK = (
 local members, delayed = {}, {}
 local due = ARGV[3]
 for i = 4, #ARGV do
-  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
-    members[#members + 1] = ARGV[i]
+  local element = ARGV[i]
+  if redis.call('ZREM', KEYS[2], element) == 1 then
+    members[#members + 1] = element
+    element = delivered_once_more(element)
     if due == '' then
-      make_ready(ARGV[1], KEYS[3], ARGV[i])
+      make_ready(ARGV[1], KEYS[3], element)
     else
       delayed[#delayed + 1] = due
-      delayed[#delayed + 1] = ARGV[i]
+      delayed[#delayed + 1] = element
     end
   end
 end
+if #delayed > 0 then
+  call_in_slices('ZADD', KEYS[1], delayed)
+end
 if #members > 0 then
-  call_in_slices('ZREM', KEYS[2], members)
-  if #delayed > 0 then
-    call_in_slices('ZADD', KEYS[1], delayed)
-  end
   redis.call('PUBLISH', ARGV[2], '')
 end
 return #members
 """
 )
 
-#: KEYS: payloads, delayed, leases, lanes. ARGV: lane prefix.
+#: KEYS: delayed, leases, lanes. ARGV: lane prefix.
+DEPTH = """
+local total = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  total = total + redis.call('LLEN', ARGV[1] .. priority)
+end
+return total
+"""
+
+#: KEYS: delayed, leases, lanes. ARGV: lane prefix.
 PURGE = """
-for _, priority in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   redis.call('DEL', ARGV[1] .. priority)
 end
-return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 """

@@ -42,9 +42,7 @@ class Wakeups:
     async def subscribed(self, timeout: float) -> bool:
         """Start listening if needed; True once the subscription is confirmed by the server."""
         if self._listener is None:
-            self._listener = asyncio.create_task(
-                self._listen(), name=f"tidings-wakeup:{self._topic}"
-            )
+            self._listener = asyncio.create_task(self._listen(), name=f"tidings-wakeup:{self._topic}")
         if self._subscribed.is_set():
             return True
         with contextlib.suppress(TimeoutError):

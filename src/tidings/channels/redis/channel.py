@@ -1,33 +1,35 @@
 """A queue channel on Redis: priority lanes, a sorted set for delays, leases with crash recovery.
 
-How messages move (see `_scripts` for the key layout):
+How messages move (see `_scripts` for the key layout and `_codec` for the stored element):
 
-- `send` stores each payload in one hash and appends its id to the list of its priority (its
-  *lane*), or, when it is not due yet, adds it to the `delayed` sorted set scored by its due time.
-- `receive` runs one script that first moves due delayed messages and expired leases to their lanes,
-  then pops up to `max_messages` from the lanes, highest priority first, and records each in the
-  `leases` sorted set scored by its lease expiry. The whole batch is one round trip, and atomic, so
-  any number of consumers never get the same lease and never lose a message between them.
-- `ack` removes the leases and payloads of a batch in one script; `nack` moves them back to their
-  lane or to the delayed set; `extend_lease` rescores them.
-- A consumer that dies keeps its leases until they expire; the next claim by anyone gives the
-  messages out again, with their delivery count raised.
-- Receivers waiting on an empty channel are woken by a publication on the channel's wake-up topic,
+- `send` appends each message to the list of its priority (its *lane*), or, when it is not due
+  yet, adds it to the `delayed` sorted set scored by its due time: one MULTI/EXEC per batch.
+- `receive` runs one script that first moves due delayed messages and expired leases to their
+  lanes, then pops up to `max_messages` from the lanes, highest priority first, and records each in
+  the `leases` sorted set scored by its lease expiry. The batch is one atomic round trip, so any
+  number of consumers never share a lease and never lose a message between them.
+- `ack` is one ZREM of the batch from `leases`; `nack` moves the batch back to its lanes or to
+  the delayed set; `extend_lease` rescores the leases that are still held.
+- A consumer that dies keeps its leases until they expire; the next claim, by anyone, gives the
+  messages out again with their delivery count raised.
+- Receivers waiting on an empty channel are woken by a publication on the channel's wake-up topic
   or when the next delayed message or lease is due; they never poll in a tight loop.
 
-Times are epoch seconds from the app's clock. Redis durability is the server's configuration
-(`appendonly yes` with `appendfsync everysec` or `always`); the channel stores a batch before `send`
-returns. A lost connection is retried with backoff for up to 30 seconds, after which the operation
-raises `ChannelUnavailable`. Retrying a `send` whose reply was lost may store the batch twice, which
-the consumers' deduplication absorbs; a lost `receive` reply leaves its messages leased until the
-lease runs out.
+Times are epoch seconds from the app's clock, so producers and consumers need synchronised clocks
+(as they do for `tidings.deliver-at` anyway). Durability is the Redis server's configuration
+(`appendonly yes`, ideally with `appendfsync always`). A lost connection is retried with backoff for
+up to 30 seconds before an operation raises `ChannelUnavailable`. Retrying a `send` whose reply was
+lost may store the batch twice, which deduplication absorbs; a lost `receive` reply leaves its
+messages leased until the lease runs out. Needs Redis 6.2 or later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
+from itertools import count
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from tidings import headers as h
@@ -36,7 +38,7 @@ from tidings._message import Envelope
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
-from ._codec import decode_envelope, encode_envelope
+from ._codec import decode_batch, encode_element
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -54,8 +56,8 @@ _FIRST_BACKOFF: Final = 0.05
 _MAX_BACKOFF: Final = 1.0
 #: A waiting receiver claims again at least this often, in case a wake-up was lost in transit.
 _LONGEST_WAIT: Final = 5.0
-#: Messages per script call; bigger batches are split so that one call never blocks Redis for long.
-_SEND_SLICE: Final = 1000
+#: Priorities are kept where a lane's score (a double) still tells them apart.
+_PRIORITY_LIMIT: Final = 2**53 - 1
 
 
 @final
@@ -82,27 +84,15 @@ class RedisChannel(Channel):
         self._driver = _driver
         self.url = url
         base = f"{key_prefix}:{{{name}}}:"
-        self._payloads_key = base + "payloads"
         self._delayed_key = base + "delayed"
         self._leases_key = base + "leases"
         self._lanes_key = base + "lanes"
-        self._sequence_key = base + "seq"
         self._lane_prefix = base + "lane:"
         self._wakeup_topic = base + "wake"
-        self._send_keys = [
-            self._payloads_key,
-            self._delayed_key,
-            self._lanes_key,
-            self._sequence_key,
-        ]
-        self._claim_keys = [
-            self._payloads_key,
-            self._delayed_key,
-            self._leases_key,
-            self._lanes_key,
-        ]
-        self._ack_keys = [self._payloads_key, self._leases_key]
-        self._nack_keys = [self._delayed_key, self._leases_key, self._lanes_key]
+        self._keys = [self._delayed_key, self._leases_key, self._lanes_key]
+        # Element ids: unique per channel object, and across processes by the random part.
+        self._uid_prefix = uuid.uuid4().hex[:16] + "-"
+        self._uids = count()
         self._clock: Clock = SystemClock()
         self._client: Redis | None = None
         self._wakeups: Wakeups | None = None
@@ -129,7 +119,7 @@ class RedisChannel(Channel):
         self._client = client
         self._scripts = {
             name: client.register_script(getattr(_scripts, name))
-            for name in ("SEND", "CLAIM", "ACK", "NACK", "PURGE")
+            for name in ("CLAIM", "NACK", "DEPTH", "PURGE")
         }
         self._wakeups = Wakeups(client, self._wakeup_topic, self._clock)
 
@@ -146,13 +136,13 @@ class RedisChannel(Channel):
             raise RuntimeError(f"{self!r} is not connected; call connect() first")
         return self._client
 
-    async def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+    async def _run(self, script: str, args: list[Any]) -> Any:
         """Run one of the channel's scripts, riding out a lost connection."""
         run = self._scripts[script]
         try:
-            return await run(keys, args)
+            return await run(self._keys, args)
         except self._driver.RETRYABLE_ERRORS:
-            return await self._retrying(partial(run, keys, args))
+            return await self._retrying(partial(run, self._keys, args))
 
     async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run an operation, retrying it with backoff while the connection is being restored."""
@@ -173,24 +163,41 @@ class RedisChannel(Channel):
             backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
-        self._connected()
-        for first in range(0, len(envelopes), _SEND_SLICE):
-            args = self._send_arguments(envelopes[first : first + _SEND_SLICE])
-            await self._run("SEND", self._send_keys, args)
-
-    def _send_arguments(self, envelopes: Sequence[Envelope]) -> list[Any]:
+        client = self._connected()
+        if not envelopes:
+            return
         now = self._clock.now()
-        args: list[Any] = [self._lane_prefix, self._wakeup_topic]
+        uid_prefix, uids = self._uid_prefix, self._uids
+        lanes: dict[str, list[bytes]] = {}
+        delayed: dict[bytes, float] = {}
         for envelope in envelopes:
             headers = envelope.headers
             priority = headers.get(h.PRIORITY)
+            if priority is None:
+                priority = "0"
+            elif priority != "0":  # one lane per number: "+5", "05" and "5" share one
+                number = max(-_PRIORITY_LIMIT, min(_PRIORITY_LIMIT, int(priority)))
+                priority = str(number)
+            element = encode_element(priority, f"{uid_prefix}{next(uids)}", envelope)
             deliver_at = headers.get(h.DELIVER_AT)
-            due = ""
-            if deliver_at is not None and (at := float(deliver_at)) > now:
-                due = repr(at)
-            lane = "0" if priority is None else str(int(priority))
-            args += (lane, due, encode_envelope(envelope))
-        return args
+            if deliver_at is not None and (due := float(deliver_at)) > now:
+                delayed[element] = due
+            elif (lane := lanes.get(priority)) is None:
+                lanes[priority] = [element]
+            else:
+                lane.append(element)
+        await self._retrying(partial(self._store, client, lanes, delayed))
+
+    async def _store(self, client: Redis, lanes: dict[str, list[bytes]], delayed: dict[bytes, float]) -> None:
+        # One transaction: a lane's element and its entry in `lanes` appear together.
+        pipe = client.pipeline(transaction=True)
+        for priority, elements in lanes.items():
+            pipe.rpush(self._lane_prefix + priority, *elements)
+            pipe.zadd(self._lanes_key, {priority: -int(priority)})
+        if delayed:
+            pipe.zadd(self._delayed_key, delayed)
+        pipe.publish(self._wakeup_topic, b"")
+        await pipe.execute()
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         self._connected()
@@ -198,17 +205,16 @@ class RedisChannel(Channel):
         assert wakeups is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        keys = self._claim_keys
         lease_seconds = self.lease_seconds
+        prefix, topic = self._lane_prefix, self._wakeup_topic
         subscribed = False
         while True:
             seen = wakeups.version
             now = self._clock.now()
-            until = now + lease_seconds
-            args = [self._lane_prefix, self._wakeup_topic, repr(now), repr(until), max_messages]
-            reply = await self._run("CLAIM", keys, args)
-            if not isinstance(reply, bytes):
-                return self._deliveries(reply)
+            args = [prefix, topic, repr(now), repr(now + lease_seconds), max_messages]
+            reply = await self._run("CLAIM", args)
+            if not isinstance(reply, list):
+                return decode_batch(reply)
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
@@ -219,47 +225,36 @@ class RedisChannel(Channel):
                 continue
             if wakeups.version != seen:
                 continue
-            due_in = float(reply) - now if reply else None
+            due_in = float(reply[0]) - now if reply[0] else None
             await wakeups.wait(min(remaining, _LONGEST_WAIT), due_in)
 
-    def _deliveries(self, reply: list[Any]) -> list[Delivery]:
-        items = iter(reply)
-        return [
-            Delivery(decode_envelope(payload), member, count)
-            for member, payload, count in zip(items, items, items, strict=True)
-        ]
-
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
-            return
-        self._connected()
-        args = [delivery.receipt for delivery in deliveries]
-        await self._run("ACK", self._ack_keys, args)
+        client = self._connected()
+        if deliveries:
+            receipts = [delivery.receipt for delivery in deliveries]
+            await self._retrying(partial(client.zrem, self._leases_key, *receipts))
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
-        if not deliveries:
-            return
         self._connected()
-        due = repr(self._clock.now() + delay) if delay > 0 else ""
-        args = [self._lane_prefix, self._wakeup_topic, due]
-        args += [delivery.receipt for delivery in deliveries]
-        await self._run("NACK", self._nack_keys, args)
+        if deliveries:
+            due = repr(self._clock.now() + delay) if delay > 0 else ""
+            args = [self._lane_prefix, self._wakeup_topic, due]
+            args += [delivery.receipt for delivery in deliveries]
+            await self._run("NACK", args)
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
-        if not deliveries:
-            return
         client = self._connected()
-        until = self._clock.now() + seconds
-        # XX: only leases still held are moved; an expired (and maybe redelivered) one stays gone.
-        leases = {delivery.receipt: until for delivery in deliveries}
-        await self._retrying(partial(client.zadd, self._leases_key, leases, xx=True))
+        if deliveries:
+            until = self._clock.now() + seconds
+            # XX: only leases still held move; one that ran out (maybe redelivered) stays gone.
+            leases = {delivery.receipt: until for delivery in deliveries}
+            await self._retrying(partial(client.zadd, self._leases_key, leases, xx=True))
 
     async def purge(self) -> None:
         self._connected()
-        await self._run("PURGE", self._claim_keys, [self._lane_prefix])
+        await self._run("PURGE", [self._lane_prefix])
 
     async def depth(self) -> int:
-        client = self._connected()
-        # Every message keeps its payload until acked, whether ready, delayed or leased.
-        count: int = await self._retrying(partial(client.hlen, self._payloads_key))
-        return count
+        self._connected()
+        total: int = await self._run("DEPTH", [self._lane_prefix])
+        return total

@@ -1,0 +1,165 @@
+"""RedisChannel against the raw redis-py loop it stands on, measured in the same run.
+
+    .venv/bin/python bench/redis_channel.py [--messages 20000] [--rounds 3] [--url redis://...]
+
+Each round sends N small messages in batches of 100 and drains them 100 at a time, with a trivial
+handler, first with raw redis-py, then with RedisChannel (send batches of 100, receive(100) + ack).
+The raw loops:
+
+- *pipelined LPUSH*: each batch is one pipeline of 100 LPUSH commands; drained with `LPOP key 100`.
+- *multi-value LPUSH*: each batch is one `LPUSH key v1 .. v100`; drained with `LPOP key 100`.
+
+The table shows medians over the rounds; the ratio is the channel's drain (and end-to-end) rate over
+the faster raw loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from redis.asyncio import Redis
+
+from tidings import headers as h
+from tidings._clock import SystemClock
+from tidings._message import Envelope
+from tidings.channels.base import ChannelEnvironment
+from tidings.channels.redis import RedisChannel
+
+BATCH = 100
+
+
+def bodies(count: int) -> list[bytes]:
+    return [msgspec.json.encode({"order_id": f"o-{n}", "total": n}) for n in range(count)]
+
+
+def envelopes(count: int) -> list[Envelope]:
+    now = repr(time.time())
+    return [
+        Envelope(
+            body,
+            {
+                h.MESSAGE_ID: str(uuid.uuid4()),
+                h.ENDPOINT: "handle_order",
+                h.MESSAGE_NAME: "OrderPlaced",
+                h.CONTENT_TYPE: "application/json",
+                h.TIMESTAMP: now,
+            },
+        )
+        for body in bodies(count)
+    ]
+
+
+class Timing:
+    def __init__(self, send: float, drain: float) -> None:
+        self.send = send
+        self.drain = drain
+
+    @property
+    def total(self) -> float:
+        return self.send + self.drain
+
+
+async def raw_loop(client: Redis, payloads: list[bytes], *, pipelined: bool) -> Timing:
+    key = f"bench-raw-{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    for first in range(0, len(payloads), BATCH):
+        batch = payloads[first : first + BATCH]
+        if pipelined:
+            pipe = client.pipeline(transaction=False)
+            for payload in batch:
+                pipe.lpush(key, payload)
+            await pipe.execute()
+        else:
+            await client.lpush(key, *batch)
+    sent = time.perf_counter()
+    handled = 0
+    while handled < len(payloads):
+        popped = await client.lpop(key, BATCH)  # type: ignore[misc]
+        if popped:
+            for payload in popped:
+                handled += len(payload) > 0  # the trivial handler
+    drained = time.perf_counter()
+    await client.delete(key)
+    return Timing(sent - started, drained - sent)
+
+
+async def channel_loop(url: str, messages: list[Envelope]) -> Timing:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    channel = RedisChannel("bench", url=url, key_prefix=prefix)
+    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    try:
+        started = time.perf_counter()
+        for first in range(0, len(messages), BATCH):
+            await channel.send(messages[first : first + BATCH])
+        sent = time.perf_counter()
+        handled = 0
+        while handled < len(messages):
+            deliveries = await channel.receive(BATCH, timeout=1.0)
+            for delivery in deliveries:
+                handled += len(delivery.envelope.body) > 0  # the trivial handler
+            await channel.ack(deliveries)
+        drained = time.perf_counter()
+        assert await channel.depth() == 0
+        await channel.purge()
+    finally:
+        await channel.close()
+    return Timing(sent - started, drained - sent)
+
+
+def row(name: str, count: int, timings: list[Timing], best: Timing | None) -> str:
+    send = statistics.median(t.send for t in timings)
+    drain = statistics.median(t.drain for t in timings)
+    total = statistics.median(t.total for t in timings)
+    cells = [name, f"{count / send:,.0f}", f"{count / drain:,.0f}", f"{count / total:,.0f}"]
+    if best is None:
+        cells += ["", ""]
+    else:
+        cells += [f"{best.drain / drain:.0%}", f"{best.total / total:.0%}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+async def main(count: int, rounds: int, url: str) -> None:
+    client = Redis.from_url(url)
+    payloads = bodies(count)
+    messages = envelopes(count)
+    results: dict[str, list[Timing]] = {"pipelined": [], "multi": [], "channel": []}
+    runs: dict[str, Callable[[], Awaitable[Timing]]] = {
+        "pipelined": lambda: raw_loop(client, payloads, pipelined=True),
+        "multi": lambda: raw_loop(client, payloads, pipelined=False),
+        "channel": lambda: channel_loop(url, messages),
+    }
+    try:
+        await channel_loop(url, messages[:2000])  # warm up: scripts loaded, code paths hot
+        for _ in range(rounds):
+            for name, run in runs.items():
+                results[name].append(await run())
+    finally:
+        await client.aclose()
+
+    def median_timing(name: str) -> Timing:
+        timings = results[name]
+        send = statistics.median(t.send for t in timings)
+        return Timing(send, statistics.median(t.drain for t in timings))
+
+    best_raw = min((median_timing("pipelined"), median_timing("multi")), key=lambda t: t.total)
+    print(f"{count:,} messages, batches of {BATCH}, median of {rounds} rounds (msgs/s)\n")
+    print("| loop | send | drain | end to end | drain vs raw | end to end vs raw |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(row("raw redis-py: pipelined LPUSH + LPOP 100", count, results["pipelined"], None))
+    print(row("raw redis-py: multi-value LPUSH + LPOP 100", count, results["multi"], None))
+    print(row("RedisChannel: send + receive(100) + ack", count, results["channel"], best_raw))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    options = parser.parse_args()
+    asyncio.run(main(options.messages, options.rounds, options.url))
