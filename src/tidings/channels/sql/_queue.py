@@ -1,0 +1,343 @@
+"""The queue operations of `SqlChannel`, one class per database family.
+
+Hot paths are hand-written SQL run with `exec_driver_sql`: one statement per batch (a multi-row insert,
+a batch claim, a batch delete), prepared once by the driver and never compiled per call.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+from tidings.channels.sql._wakeup import notify_channel
+from tidings.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from tidings.sql import Database
+
+__all__ = ["ClaimedRow", "NewRow", "Queue", "queue_for"]
+
+#: A message to store: message id, priority, visible at, expires at, headers as JSON, body.
+NewRow = tuple[str, int, float, float | None, str, bytes]
+#: A claimed message: row id, priority, headers as JSON, body, delivery count.
+ClaimedRow = tuple[int, int, str, bytes, int]
+
+_TABLE = "tidings_messages"
+_COLUMNS = "channel, message_id, priority, visible_at, expires_at, headers, body, delivery_count, created_at"
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    if len(items) <= size:
+        return [items]
+    iterator = iter(items)
+    return [list(chunk) for chunk in iter(lambda: list(islice(iterator, size)), [])]
+
+
+class Queue(ABC):
+    """Stores and claims one database's messages; every method is one batch."""
+
+    #: The most rows one statement carries (bounded by the drivers' parameter limits).
+    rows_per_statement = 500
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    @abstractmethod
+    async def insert(
+        self, connection: AsyncConnection, channel: str, rows: Sequence[NewRow], now: float
+    ) -> None:
+        """Write rows through `connection`, inside whatever transaction it has open."""
+
+    async def send(self, channel: str, rows: Sequence[NewRow], now: float) -> None:
+        """Write rows in a short transaction of their own."""
+        if len(rows) <= self.rows_per_statement:
+            async with self.database.single_statement() as connection:
+                await self.insert(connection, channel, rows, now)
+            return
+        async with self.database.writing() as connection:
+            for chunk in _chunks(rows, self.rows_per_statement):
+                await self.insert(connection, channel, chunk, now)
+
+    @abstractmethod
+    async def claim(
+        self, channel: str, now: float, lease_until: float, token: int, limit: int
+    ) -> list[ClaimedRow]:
+        """Lease up to `limit` due rows, highest priority first, marking them with `token`."""
+
+    @abstractmethod
+    async def delete(self, ids: Sequence[int], tokens: Sequence[int]) -> None:
+        """Delete rows still under one of `tokens`."""
+
+    @abstractmethod
+    async def release(
+        self, channel: str, ids: Sequence[int], tokens: Sequence[int], visible_at: float
+    ) -> None:
+        """End the lease of rows still under one of `tokens`; receivable again from `visible_at`."""
+
+    @abstractmethod
+    async def extend(self, ids: Sequence[int], tokens: Sequence[int], visible_at: float) -> None:
+        """Keep rows still under one of `tokens` leased until `visible_at`."""
+
+    async def purge(self, channel: str) -> None:
+        async with self.database.single_statement() as connection:
+            await connection.exec_driver_sql(f"DELETE FROM {_TABLE} WHERE channel = {self._p(1)}", (channel,))
+
+    async def depth(self, channel: str) -> int:
+        async with self.database.reading() as connection:
+            result = await connection.exec_driver_sql(
+                f"SELECT count(*) FROM {_TABLE} WHERE channel = {self._p(1)}", (channel,)
+            )
+            return int(result.scalar_one())
+
+    async def next_due(self, channel: str) -> float | None:
+        """When the channel's next message becomes receivable (a delay or a lease running out)."""
+        async with self.database.reading() as connection:
+            result = await connection.exec_driver_sql(
+                f"SELECT min(visible_at) FROM {_TABLE} WHERE channel = {self._p(1)}", (channel,)
+            )
+            value = result.scalar_one()
+            return None if value is None else float(value)
+
+    @abstractmethod
+    def _p(self, position: int) -> str:
+        """The driver's placeholder for the parameter at `position` (1-based)."""
+
+
+class PostgresQueue(Queue):
+    """PostgreSQL through asyncpg: array parameters, one prepared statement per operation.
+
+    Every operation is a single statement run in autocommit, which PostgreSQL makes atomic. Sends and
+    releases also `pg_notify` the channel, delivered to listeners when the statement commits.
+    """
+
+    rows_per_statement = 5000
+
+    _INSERT = f"""
+        WITH inserted AS (
+            INSERT INTO {_TABLE} ({_COLUMNS})
+            SELECT $1, m.message_id, m.priority, m.visible_at, m.expires_at, m.headers, m.body, 0, $2
+            FROM unnest($3::text[], $4::int[], $5::float8[], $6::float8[], $7::text[], $8::bytea[])
+                AS m(message_id, priority, visible_at, expires_at, headers, body)
+        )
+        SELECT pg_notify($9, '')
+    """
+    _CLAIM = f"""
+        WITH picked AS (
+            SELECT id FROM {_TABLE}
+            WHERE channel = $1 AND visible_at <= $2
+            ORDER BY priority DESC, visible_at, id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE {_TABLE} AS m
+        SET visible_at = $4, lease_token = $5, delivery_count = m.delivery_count + 1
+        FROM picked WHERE m.id = picked.id
+        RETURNING m.id, m.priority, m.headers, m.body, m.delivery_count
+    """
+    _DELETE = f"DELETE FROM {_TABLE} WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::bigint[])"
+    _RELEASE = f"""
+        WITH released AS (
+            UPDATE {_TABLE} SET visible_at = $3, lease_token = NULL
+            WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::bigint[])
+        )
+        SELECT pg_notify($4, '')
+    """
+    _EXTEND = (
+        f"UPDATE {_TABLE} SET visible_at = $3 "
+        "WHERE id = ANY($1::bigint[]) AND lease_token = ANY($2::bigint[])"
+    )
+
+    def _p(self, position: int) -> str:
+        return f"${position}"
+
+    async def insert(
+        self, connection: AsyncConnection, channel: str, rows: Sequence[NewRow], now: float
+    ) -> None:
+        for chunk in _chunks(rows, self.rows_per_statement):
+            columns = list(zip(*chunk, strict=True))
+            await connection.exec_driver_sql(
+                self._INSERT,
+                (channel, now, *columns, notify_channel(channel)),
+            )
+
+    async def claim(
+        self, channel: str, now: float, lease_until: float, token: int, limit: int
+    ) -> list[ClaimedRow]:
+        async with self.database.single_statement() as connection:
+            result = await connection.exec_driver_sql(self._CLAIM, (channel, now, limit, lease_until, token))
+            return [tuple(row) for row in result.all()]
+
+    async def delete(self, ids: Sequence[int], tokens: Sequence[int]) -> None:
+        async with self.database.single_statement() as connection:
+            await connection.exec_driver_sql(self._DELETE, (list(ids), list(tokens)))
+
+    async def release(
+        self, channel: str, ids: Sequence[int], tokens: Sequence[int], visible_at: float
+    ) -> None:
+        async with self.database.single_statement() as connection:
+            await connection.exec_driver_sql(
+                self._RELEASE, (list(ids), list(tokens), visible_at, notify_channel(channel))
+            )
+
+    async def extend(self, ids: Sequence[int], tokens: Sequence[int], visible_at: float) -> None:
+        async with self.database.single_statement() as connection:
+            await connection.exec_driver_sql(self._EXTEND, (list(ids), list(tokens), visible_at))
+
+
+@functools.lru_cache(maxsize=256)
+def _placeholders(marker: str, count: int) -> str:
+    return ", ".join([marker] * count)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(marker: str, count: int) -> str:
+    row = f"({marker}, {marker}, {marker}, {marker}, {marker}, {marker}, {marker}, 0, {marker})"
+    return f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES " + ", ".join([row] * count)
+
+
+class _ListQueue(Queue):
+    """Databases without array parameters: lists of placeholders, SQL text cached per batch size."""
+
+    marker = "?"
+
+    def _p(self, position: int) -> str:
+        return self.marker
+
+    async def insert(
+        self, connection: AsyncConnection, channel: str, rows: Sequence[NewRow], now: float
+    ) -> None:
+        for chunk in _chunks(rows, self.rows_per_statement):
+            parameters = [value for row in chunk for value in (channel, *row, now)]
+            await connection.exec_driver_sql(_insert_sql(self.marker, len(chunk)), tuple(parameters))
+
+    def _by_id(
+        self, statement: str, ids: Sequence[int], tokens: Sequence[int]
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        """`statement` ending in `id IN ({ids}) AND lease_token IN ({tokens})`, per chunk of ids."""
+        token_marks = _placeholders(self.marker, len(tokens))
+        return [
+            (
+                statement.format(ids=_placeholders(self.marker, len(chunk)), tokens=token_marks),
+                (*chunk, *tokens),
+            )
+            for chunk in _chunks(ids, self.rows_per_statement)
+        ]
+
+    async def delete(self, ids: Sequence[int], tokens: Sequence[int]) -> None:
+        statements = self._by_id(
+            f"DELETE FROM {_TABLE} WHERE id IN ({{ids}}) AND lease_token IN ({{tokens}})", ids, tokens
+        )
+        async with self.database.writing() as connection:
+            for sql, parameters in statements:
+                await connection.exec_driver_sql(sql, parameters)
+
+    async def release(
+        self, channel: str, ids: Sequence[int], tokens: Sequence[int], visible_at: float
+    ) -> None:
+        m = self.marker
+        statements = self._by_id(
+            f"UPDATE {_TABLE} SET visible_at = {m}, lease_token = NULL "
+            "WHERE id IN ({ids}) AND lease_token IN ({tokens})",
+            ids,
+            tokens,
+        )
+        async with self.database.writing() as connection:
+            for sql, parameters in statements:
+                await connection.exec_driver_sql(sql, (visible_at, *parameters))
+
+    async def extend(self, ids: Sequence[int], tokens: Sequence[int], visible_at: float) -> None:
+        statements = self._by_id(
+            f"UPDATE {_TABLE} SET visible_at = {self.marker} "
+            "WHERE id IN ({ids}) AND lease_token IN ({tokens})",
+            ids,
+            tokens,
+        )
+        async with self.database.writing() as connection:
+            for sql, parameters in statements:
+                await connection.exec_driver_sql(sql, (visible_at, *parameters))
+
+
+class MySqlQueue(_ListQueue):
+    """MySQL 8 / MariaDB 10.6+: the claim locks due rows with SKIP LOCKED, then leases them."""
+
+    marker = "%s"
+
+    _SELECT = f"""
+        SELECT id, priority, headers, body, delivery_count FROM {_TABLE}
+        WHERE channel = %s AND visible_at <= %s
+        ORDER BY priority DESC, visible_at, id
+        LIMIT %s
+        FOR UPDATE SKIP LOCKED
+    """
+
+    async def claim(
+        self, channel: str, now: float, lease_until: float, token: int, limit: int
+    ) -> list[ClaimedRow]:
+        async with self.database.writing() as connection:
+            result = await connection.exec_driver_sql(self._SELECT, (channel, now, limit))
+            rows: list[Any] = list(result.all())
+            if not rows:
+                return []
+            ids = [row[0] for row in rows]
+            await connection.exec_driver_sql(
+                f"UPDATE {_TABLE} SET visible_at = %s, lease_token = %s, "
+                f"delivery_count = delivery_count + 1 WHERE id IN ({_placeholders('%s', len(ids))})",
+                (lease_until, token, *ids),
+            )
+        return [(row[0], row[1], row[2], row[3], row[4] + 1) for row in rows]
+
+
+class SqliteQueue(_ListQueue):
+    """SQLite: one writer at a time (see `Database.writing`), so a plain UPDATE ... RETURNING claims."""
+
+    _CLAIM = f"""
+        UPDATE {_TABLE}
+        SET visible_at = ?, lease_token = ?, delivery_count = delivery_count + 1
+        WHERE id IN (
+            SELECT id FROM {_TABLE}
+            WHERE channel = ? AND visible_at <= ?
+            ORDER BY priority DESC, visible_at, id
+            LIMIT ?
+        )
+        RETURNING id, priority, headers, body, delivery_count
+    """
+
+    async def claim(
+        self, channel: str, now: float, lease_until: float, token: int, limit: int
+    ) -> list[ClaimedRow]:
+        async with self.database.writing() as connection:
+            result = await connection.exec_driver_sql(self._CLAIM, (lease_until, token, channel, now, limit))
+            return [tuple(row) for row in result.all()]
+
+
+def queue_for(database: Database) -> Queue:
+    """The queue operations for `database`; raises `ConfigurationError` where the server cannot queue."""
+    if database.backend == "postgresql":
+        if database.url.get_driver_name() != "asyncpg":
+            raise ConfigurationError(
+                f"SqlChannel on PostgreSQL needs the asyncpg driver: use postgresql+asyncpg:// "
+                f"instead of {database.safe_url}"
+            )
+        return PostgresQueue(database)
+    if database.backend == "mysql":
+        version = database.server_version or ()
+        minimum = (10, 6) if database.is_mariadb else (8, 0, 1)
+        if version and version < minimum:
+            server = "MariaDB" if database.is_mariadb else "MySQL"
+            raise ConfigurationError(
+                f"SqlChannel needs FOR UPDATE SKIP LOCKED, which {server} has from "
+                f"{'.'.join(map(str, minimum))}; {database.safe_url} runs "
+                f"{'.'.join(map(str, version))}"
+            )
+        return MySqlQueue(database)
+    if sqlite3.sqlite_version_info < (3, 35):
+        raise ConfigurationError(
+            f"SqlChannel needs SQLite 3.35 or newer (for RETURNING); this Python has {sqlite3.sqlite_version}"
+        )
+    return SqliteQueue(database)

@@ -1,0 +1,292 @@
+"""`SqlChannel`: a queue in a table of the app's database, and the outbox of its transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, final
+
+import msgspec
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tidings._clock import Clock, SystemClock
+from tidings._message import Envelope
+from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
+from tidings.channels.sql._queue import ClaimedRow, NewRow, Queue, queue_for
+from tidings.channels.sql._wakeup import Signal, Wakeups, wakeups_for
+from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
+from tidings.sql import Database, DatabaseUnavailable, TransactionScope, current_scope
+from tidings.sql._database import check_driver
+from tidings.sql._registry import acquire_database, release_database
+
+__all__ = ["SqlChannel"]
+
+T = TypeVar("T")
+
+#: The shortest pause between two polls of an idle channel; pauses double from here.
+_FIRST_PAUSE = 0.02
+#: With LISTEN/NOTIFY working, polls only guard against lost notifications.
+_LISTENING_POLL_SECONDS = 5.0
+#: State key of the channels to wake once the open transaction commits.
+_WAKE_AFTER_COMMIT = "tidings.channels.sql.wake"
+
+_encode_headers = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
+
+
+@final
+class SqlChannel(Channel):
+    """A queue channel stored in the app's database; sends join the open transaction (the outbox).
+
+    `database` is a URL, a `tidings.sql.Database`, or None for the app's database. Messages are rows;
+    a consumer claims a batch with `FOR UPDATE SKIP LOCKED` (PostgreSQL, MySQL 8, MariaDB 10.6+) or
+    under SQLite's single writer, leasing it for `lease_seconds`; an expired lease makes the rows
+    receivable again. Acked rows are deleted. Waiting consumers wake on PostgreSQL NOTIFY, elsewhere
+    by polling that backs off from 20 ms to `poll_interval` while the channel stays empty.
+
+    Inside `Database.transaction()` on the same database, `send` writes through the transaction's
+    connection, so the messages commit or roll back with the business writes.
+    """
+
+    capabilities = Capabilities(delay=True, priority=True, transactional=True)
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        database: str | URL | AsyncEngine | Database | None = None,
+        lease_seconds: float = 30.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        super().__init__(name, lease_seconds=lease_seconds)
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        if isinstance(database, str | URL):
+            check_driver(database)
+        self.poll_interval = poll_interval
+        self._database_option = database
+        self._database: Database | None = None
+        self._extensions: dict[str, Any] = {}
+        self._queue: Queue | None = None
+        self._wakeups: Wakeups | None = None
+        self._signal = Signal()
+        self._clock: Clock = SystemClock()
+        self._pause = _FIRST_PAUSE
+        self._listening = False
+
+    @property
+    def database(self) -> Database:
+        """The database this channel keeps its messages in (once connected)."""
+        if self._database is None:
+            raise TidingsError(f"{self!r} is not connected; call connect() (or start the app) first")
+        return self._database
+
+    async def connect(self, environment: ChannelEnvironment) -> None:
+        option = self._database_option
+        if option is None:
+            option = environment.database
+        if option is None:
+            raise ConfigurationError(
+                f"SqlChannel {self.name!r} has no database: pass database=... or give the app one"
+            )
+        self._clock = environment.clock
+        self._extensions = environment.extensions
+        try:
+            database = await acquire_database(environment.extensions, option)
+        except DatabaseUnavailable as exc:
+            exc.channel = exc.channel or self.name
+            raise
+        try:
+            self._queue = queue_for(database)
+            self._wakeups = wakeups_for(database)
+            self._signal = self._wakeups.signal(self.name)
+            await self._wakeups.listen(self.name)
+            self._listening = database.backend == "postgresql"
+        except BaseException:
+            await release_database(environment.extensions, database)
+            raise
+        self._database = database
+
+    async def close(self) -> None:
+        database, self._database = self._database, None
+        if database is None:
+            return
+        if self._wakeups is not None and self._listening:
+            with contextlib.suppress(Exception):
+                await self._wakeups.unlisten(self.name)
+        self._listening = False
+        await release_database(self._extensions, database)
+
+    # Sending
+
+    def _row(self, envelope: Envelope, now: float) -> NewRow:
+        deliver_at = envelope.deliver_at
+        visible_at = deliver_at if deliver_at is not None and deliver_at > now else now
+        return (
+            envelope.message_id,
+            envelope.priority,
+            visible_at,
+            envelope.expires_at,
+            _encode_headers(envelope.headers).decode(),
+            bytes(envelope.body),
+        )
+
+    async def send(self, envelopes: Sequence[Envelope]) -> None:
+        """Store a batch: in the open transaction on this database if there is one, else on its own."""
+        if not envelopes:
+            return
+        queue = self._connected_queue()
+        now = self._clock.now()
+        rows = [self._row(envelope, now) for envelope in envelopes]
+        scope = current_scope(self.database)
+        if scope is not None:
+            async with scope.lock:
+                await queue.insert(scope.connection, self.name, rows, now)
+            self._wake_after_commit(scope)
+            return
+        await self._call(lambda: queue.send(self.name, rows, now))
+        self._signal.fire()
+
+    def _wake_after_commit(self, scope: TransactionScope) -> None:
+        waiting: set[Signal] | None = scope.state.get(_WAKE_AFTER_COMMIT)
+        if waiting is None:
+            waiting = scope.state[_WAKE_AFTER_COMMIT] = set()
+
+            async def wake() -> None:
+                for signal in waiting:
+                    signal.fire()
+
+            scope.after_commit.append(wake)
+        waiting.add(self._signal)
+
+    # Receiving
+
+    async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
+        queue = self._connected_queue()
+        if max_messages <= 0:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        signal = self._signal
+        while True:
+            seen = signal.version
+            deliveries = await self._claim(queue, max_messages)
+            if deliveries:
+                self._pause = _FIRST_PAUSE
+                return deliveries
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            await self._wait(queue, signal, seen, remaining)
+
+    async def _claim(self, queue: Queue, max_messages: int) -> list[Delivery]:
+        now = self._clock.now()
+        token = random.getrandbits(63)
+        rows: list[ClaimedRow] = await self._call(
+            lambda: queue.claim(self.name, now, now + self.lease_seconds, token, max_messages)
+        )
+        if not rows:
+            return []
+        rows.sort(key=lambda row: (-row[1], row[0]))
+        return [
+            Delivery(Envelope(bytes(row[3]), _decode_headers(row[2])), (row[0], token), row[4])
+            for row in rows
+        ]
+
+    async def _wait(self, queue: Queue, signal: Signal, seen: int, remaining: float) -> None:
+        """Sleep until a message may be due: a wake-up, the next due time, or the next poll."""
+        next_due = await self._call(lambda: queue.next_due(self.name))
+        now = self._clock.now()
+        if next_due is not None and next_due <= now:
+            # Due rows exist but another consumer holds them mid-claim: look again soon.
+            pause = _FIRST_PAUSE
+        else:
+            listening = False
+            if self._listening and self._wakeups is not None:
+                await self._wakeups.ensure_listening()
+                listening = self._wakeups.listening
+            ceiling = max(self.poll_interval, _LISTENING_POLL_SECONDS) if listening else self.poll_interval
+            pause = min(self._pause, ceiling)
+            self._pause = min(self._pause * 2, ceiling)
+        waiters: list[asyncio.Future[Any]] = [signal.changed_since(seen)]
+        if next_due is not None and next_due > now:
+            waiters.append(asyncio.ensure_future(self._clock.sleep(next_due - now)))
+        try:
+            await asyncio.wait(waiters, timeout=min(remaining, pause), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters[1:]:
+                waiter.cancel()
+
+    # Settling
+
+    @staticmethod
+    def _receipts(deliveries: Sequence[Delivery]) -> tuple[list[int], list[int]]:
+        ids = [delivery.receipt[0] for delivery in deliveries]
+        tokens = list({delivery.receipt[1] for delivery in deliveries})
+        return ids, tokens
+
+    async def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        queue = self._connected_queue()
+        ids, tokens = self._receipts(deliveries)
+        await self._call(lambda: queue.delete(ids, tokens))
+
+    async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
+        if not deliveries:
+            return
+        queue = self._connected_queue()
+        ids, tokens = self._receipts(deliveries)
+        visible_at = self._clock.now() + max(delay, 0.0)
+        await self._call(lambda: queue.release(self.name, ids, tokens, visible_at))
+        self._signal.fire()
+
+    async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
+        if not deliveries:
+            return
+        queue = self._connected_queue()
+        ids, tokens = self._receipts(deliveries)
+        visible_at = self._clock.now() + seconds
+        await self._call(lambda: queue.extend(ids, tokens, visible_at))
+
+    async def purge(self) -> None:
+        queue = self._connected_queue()
+        await self._call(lambda: queue.purge(self.name))
+
+    async def depth(self) -> int:
+        queue = self._connected_queue()
+        return await self._call(lambda: queue.depth(self.name))
+
+    # Plumbing
+
+    def _connected_queue(self) -> Queue:
+        if self._queue is None or self._database is None:
+            raise TidingsError(f"{self!r} is not connected; call connect() (or start the app) first")
+        return self._queue
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one operation; a dropped connection is retried once on a fresh one, then reported."""
+        for attempt in (1, 2):
+            try:
+                return await operation()
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+                if attempt == 2:
+                    raise self._unavailable(exc) from exc
+            except OSError as exc:
+                if attempt == 2:
+                    raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: BaseException) -> ChannelUnavailable:
+        database = self.database
+        return DatabaseUnavailable(
+            f"SqlChannel {self.name!r} lost the database {database.safe_url}: {exc}",
+            url=database.safe_url,
+            channel=self.name,
+        )
