@@ -6,14 +6,10 @@ from contextlib import asynccontextmanager
 
 import pytest
 
+from tests.conftest import require_service
 from tidings.channels.base import Channel
 
 from . import ChannelFactory, ChannelKind
-
-try:
-    from tests.conftest import require_service
-except ImportError:  # `tests` is not a package: pytest loaded tests/conftest.py as `conftest`
-    from conftest import require_service  # type: ignore[import-not-found, no-redef]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -1,0 +1,133 @@
+"""Fixtures for the Redis channel's integration tests: connected channels under a throw-away prefix,
+and a private Redis server that a test may stop and start again."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import IN_CI, port_open, require_service
+
+from tidings._clock import SystemClock
+from tidings.channels.base import ChannelEnvironment
+
+pytest.importorskip("redis", reason="the 'redis' extra is not installed")
+
+from redis.asyncio import Redis
+
+from tidings.channels.redis import RedisChannel
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+OpenChannel = Callable[..., Awaitable[RedisChannel]]
+
+
+def environment() -> ChannelEnvironment:
+    return ChannelEnvironment(app_name="redis-integration", clock=SystemClock())
+
+
+async def delete_keys(url: str, prefix: str) -> None:
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_service("Redis", "127.0.0.1", 6379)
+    return REDIS_URL
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    return f"tidings-it-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def open_channel(redis_url: str, key_prefix: str) -> AsyncIterator[OpenChannel]:
+    """Opens connected channels, each on its own connections, all on the same queue."""
+    name = f"it-{uuid.uuid4().hex[:8]}"
+    opened: list[RedisChannel] = []
+
+    async def open_channel(*, lease_seconds: float = 30.0, url: str = redis_url) -> RedisChannel:
+        channel = RedisChannel(name, url=url, lease_seconds=lease_seconds, key_prefix=key_prefix)
+        await channel.connect(environment())
+        opened.append(channel)
+        return channel
+
+    yield open_channel
+    for channel in opened:
+        await channel.close()
+    await delete_keys(redis_url, key_prefix)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A Redis server of the test's own, persisting every write (AOF, fsync always)."""
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--dir", str(self.directory),
+                "--appendonly", "yes",
+                "--appendfsync", "always",
+                "--save", "",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", self.port, timeout=0.1):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: Redis flushes the AOF and exits
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        reason = "redis-server is not installed; the restart test starts a server of its own"
+        if IN_CI:
+            pytest.fail(f"CI=true and {reason}", pytrace=False)
+        pytest.skip(reason)
+    with tempfile.TemporaryDirectory(prefix="tidings-redis-") as directory:
+        server = RedisServer(binary, Path(directory))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
