@@ -1,0 +1,176 @@
+"""Competing consumers: every message is handled, none twice while its lease holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+
+import pytest
+
+from tidings import headers as h
+from tidings._clock import ManualClock
+from tidings._message import Envelope
+from tidings.channels.base import Delivery
+from tidings.channels.sql import SqlChannel
+from tidings.sql import Database
+
+from .conftest import OpenChannel
+
+pytestmark = pytest.mark.slow
+
+
+def envelope(n: int, **headers: str) -> Envelope:
+    return Envelope(str(n).encode(), {h.MESSAGE_ID: f"m-{n}", h.ENDPOINT: "ep", **headers})
+
+
+class Tally:
+    """What each consumer handled; `all_in` is set once `expected` messages were handled in total."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.handled: dict[str, list[int]] = {}
+        self.all_in = asyncio.Event()
+
+    def add(self, consumer: str, numbers: list[int]) -> None:
+        self.handled.setdefault(consumer, []).extend(numbers)
+        if sum(map(len, self.handled.values())) >= self.expected:
+            self.all_in.set()
+
+
+async def consume(channel: SqlChannel, consumer: str, tally: Tally, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        deliveries = await channel.receive(100, timeout=0.2)
+        tally.add(consumer, [int(d.envelope.body) for d in deliveries])
+        await channel.ack(deliveries)
+
+
+async def test_two_consumers_on_separate_connections_share_2000_messages_without_overlap(
+    url: str, database: Database, open_channel: OpenChannel
+) -> None:
+    # On servers each consumer has its own Database (engine and pool), as two worker processes would.
+    # SQLite is embedded: its consumers are tasks of one process sharing one writer.
+    if url.startswith("sqlite"):
+        first_db = second_db = database
+    else:
+        first_db, second_db = Database(url), Database(url)
+    name = f"it-{uuid.uuid4().hex[:12]}"
+    try:
+        producer = await open_channel(name)
+        first = await open_channel(name, db=first_db)
+        second = await open_channel(name, db=second_db)
+        tally = Tally(2000)
+        stop = asyncio.Event()
+        consumers = [
+            asyncio.ensure_future(consume(first, "first", tally, stop)),
+            asyncio.ensure_future(consume(second, "second", tally, stop)),
+        ]
+        for start in range(0, 2000, 200):
+            await producer.send([envelope(n) for n in range(start, start + 200)])
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tally.all_in.wait(), timeout=60)
+        await asyncio.sleep(0.3)  # anything delivered twice would show up now
+        stop.set()
+        await asyncio.gather(*consumers)
+
+        every = [n for numbers in tally.handled.values() for n in numbers]
+        duplicates = [n for n, times in Counter(every).items() if times > 1]
+        assert duplicates == []
+        assert sorted(every) == list(range(2000))
+        assert tally.handled.get("first"), "both consumers should have taken a share"
+        assert tally.handled.get("second"), "both consumers should have taken a share"
+        assert await producer.depth() == 0
+    finally:
+        if first_db is not database:
+            await first_db.close()
+            await second_db.close()
+
+
+async def test_an_ack_from_a_consumer_whose_lease_ran_out_does_not_remove_the_redelivery(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel(lease_seconds=0.5)
+    await channel.send([envelope(1)])
+    stale = await channel.receive(1, timeout=2.0)
+    await asyncio.sleep(0.7)
+    fresh = await channel.receive(1, timeout=2.0)
+    assert [d.delivery_count for d in stale + fresh] == [1, 2]
+
+    await channel.ack(stale)
+    assert await channel.depth() == 1
+    await channel.nack(stale)
+    await channel.extend_lease(stale, 10.0)
+    assert await channel.receive(1, timeout=0.3) == []
+
+    await channel.ack(fresh)
+    assert await channel.depth() == 0
+
+
+async def test_delays_and_leases_follow_the_app_clock_not_the_database_clock(
+    open_channel: OpenChannel,
+) -> None:
+    clock = ManualClock()
+    channel = await open_channel(clock=clock, lease_seconds=10.0)
+    await channel.send([envelope(1, **{h.DELIVER_AT: repr(clock.now() + 60)})])
+
+    assert await channel.receive(1, timeout=0.2) == []
+    waiting = asyncio.ensure_future(channel.receive(1, timeout=5.0))
+    await asyncio.sleep(0.1)
+    clock.advance(61)
+    received = await waiting
+    assert [d.envelope.message_id for d in received] == ["m-1"]
+
+    clock.advance(11)  # the lease ran out on the app's clock
+    again = await channel.receive(1, timeout=1.0)
+    assert [d.delivery_count for d in again] == [2]
+    await channel.ack(again)
+
+
+async def test_binary_bodies_and_unicode_headers_come_back_byte_for_byte(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel()
+    body = bytes(range(256)) * 300  # 76.8 KB, past MySQL's plain BLOB limit
+    sent = Envelope(body, {h.MESSAGE_ID: "m-bin", "tenant": "Zürich ✓", "quote": 'it\'s "x"'})
+    await channel.send([sent])
+
+    received = await channel.receive(1, timeout=2.0)
+
+    assert received[0].envelope.body == body
+    assert received[0].envelope.headers == sent.headers
+    await channel.ack(received)
+
+
+async def test_a_batch_larger_than_one_statement_is_stored_whole_and_acked_whole(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel()
+    await channel.send([envelope(n) for n in range(1200)])
+    assert await channel.depth() == 1200
+
+    received: list[Delivery] = []
+    while len(received) < 1200:
+        batch = await channel.receive(1200 - len(received), timeout=2.0)
+        assert batch, "messages went missing"
+        received += batch
+    await channel.ack(received)
+
+    assert sorted(int(d.envelope.body) for d in received) == list(range(1200))
+    assert await channel.depth() == 0
+
+
+async def test_a_higher_priority_message_sent_later_is_received_first(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel()
+    await channel.send([envelope(n) for n in range(5)])
+    await channel.send([envelope(99, **{h.PRIORITY: "3"})])
+
+    first = await channel.receive(1, timeout=2.0)
+    rest = await channel.receive(10, timeout=2.0)
+
+    assert [d.envelope.message_id for d in first] == ["m-99"]
+    assert [d.envelope.message_id for d in rest] == [f"m-{n}" for n in range(5)]
+    await channel.ack(first + rest)
