@@ -50,8 +50,11 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def key_prefix() -> str:
-    return f"tidings-it-{uuid.uuid4().hex[:12]}"
+async def key_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of the test's own; its keys are deleted afterwards."""
+    prefix = f"tidings-it-{uuid.uuid4().hex[:12]}"
+    yield prefix
+    await delete_keys(redis_url, prefix)
 
 
 @pytest.fixture
@@ -69,7 +72,6 @@ async def open_channel(redis_url: str, key_prefix: str) -> AsyncIterator[OpenCha
     yield open_channel
     for channel in opened:
         await channel.close()
-    await delete_keys(redis_url, key_prefix)
 
 
 def free_port() -> int:

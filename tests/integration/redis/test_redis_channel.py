@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
@@ -98,6 +99,27 @@ async def test_a_consumer_whose_lease_ran_out_can_neither_ack_nor_nack_the_redel
     assert await fast.receive(10, timeout=0.3) == []
     await fast.ack([current])
     assert await fast.depth() == 0
+
+
+async def test_a_receive_cancelled_while_claiming_gives_its_messages_back_at_once(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel(lease_seconds=30.0)
+    for steps in range(8):
+        await channel.send([message(n) for n in range(5)])
+        receiving = asyncio.create_task(channel.receive(5, timeout=1.0))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        receiving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            # Too late to cancel: the receive finished, and its caller gives the messages back.
+            await channel.nack(await receiving)
+
+        received = await channel.receive(5, timeout=1.0)
+
+        assert sorted(number(d) for d in received) == list(range(5))
+        await channel.ack(received)
+        assert await channel.depth() == 0
 
 
 async def test_batches_beyond_the_scripts_slice_size_go_through_whole(

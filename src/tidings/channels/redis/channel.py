@@ -26,6 +26,7 @@ messages leased until the lease runs out. Needs Redis 6.2 or later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -201,6 +202,8 @@ class RedisChannel(Channel):
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         self._connected()
+        if max_messages <= 0:
+            return []
         wakeups = self._wakeups
         assert wakeups is not None
         loop = asyncio.get_running_loop()
@@ -212,7 +215,7 @@ class RedisChannel(Channel):
             seen = wakeups.version
             now = self._clock.now()
             args = [prefix, topic, repr(now), repr(now + lease_seconds), max_messages]
-            reply = await self._run("CLAIM", args)
+            reply = await self._claim(args)
             if not isinstance(reply, list):
                 return decode_batch(reply)
             remaining = deadline - loop.time()
@@ -227,6 +230,19 @@ class RedisChannel(Channel):
                 continue
             due_in = float(reply[0]) - now if reply[0] else None
             await wakeups.wait(min(remaining, _LONGEST_WAIT), due_in)
+
+    async def _claim(self, args: list[Any]) -> Any:
+        # A receive cancelled while its claim is on the wire would leave the claimed messages
+        # leased to nobody until the lease ran out: let the claim finish and give them back.
+        claim = asyncio.ensure_future(self._run("CLAIM", args))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                reply = await claim
+                if not isinstance(reply, list):
+                    await self.nack(decode_batch(reply))
+            raise
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         client = self._connected()
