@@ -146,10 +146,11 @@ class App:
             [m for e in self.extensions for m in e.middleware()] + self._config["middleware"],
             key=lambda m: m.order,
         )
-        self.wire_headers: dict[str, dict[str, str]] = {}
         for endpoint in endpoints:
             self._check_capabilities(endpoint)
-            self.wire_headers[endpoint.id] = self._wire_headers(endpoint)
+            if endpoint.channels:
+                endpoint.first_channel = self._channels[endpoint.channels[0]]
+                endpoint.wire_headers = self._wire_headers(endpoint)
             endpoint.pipeline = self._build_pipeline(endpoint)
         self.dispatcher.use_send_middleware(self._build_send_chain())
         self._started = False
@@ -226,6 +227,7 @@ class App:
         chain = self.dispatcher.call_handler(endpoint)
         applicable = [m for m in self.middleware if wraps_handling(m) and m.applies_to(endpoint)]
         applicable += endpoint.handler_middleware
+        endpoint.bare = endpoint.is_coroutine and not endpoint.parameters and not applicable
         for middleware in reversed(applicable):
             chain = _link(middleware, chain)
         return chain

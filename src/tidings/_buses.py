@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, final
@@ -32,6 +32,10 @@ __all__ = ["CommandBus", "EventBus", "QueryBus"]
 
 _FRAMEWORK: Final = h.FRAMEWORK_PREFIX
 _NOT_PROPAGATED: Final = h.NOT_PROPAGATED
+_MESSAGE_ID: Final = h.MESSAGE_ID
+_CORRELATION_ID: Final = h.CORRELATION_ID
+_TIMESTAMP: Final = h.TIMESTAMP
+_MESSAGE_NAME: Final = h.MESSAGE_NAME
 
 #: Messages waiting for the current bus call or handling to succeed.
 pending_sends: ContextVar[list[Outgoing] | None] = ContextVar("tidings_pending", default=None)
@@ -75,6 +79,12 @@ class Dispatcher:
         self.app = app
         self.observers: list[Observer] = []
         self._send_chain: SendNext = self._collect
+        self._now = app.clock.now
+        self._by_class: dict[HandlerKind, dict[type[Any], tuple[str, tuple[Endpoint, ...]]]] = {
+            "command": {},
+            "event": {},
+            "query": {},
+        }
 
     def use_send_middleware(self, chain: SendNext) -> None:
         self._send_chain = chain
@@ -84,11 +94,20 @@ class Dispatcher:
     def new_headers(self, name: str, explicit: Mapping[str, str] | None) -> dict[str, str]:
         """Headers for a new message: propagated from the one being handled, then the explicit ones."""
         parent = current_context.get()
+        if parent is None and not explicit:
+            message_id = str(uuid7())
+            return {
+                _MESSAGE_ID: message_id,
+                _CORRELATION_ID: message_id,
+                _TIMESTAMP: repr(self._now()),
+                _MESSAGE_NAME: name,
+            }
         if parent is None:
             headers = dict(explicit) if explicit else {}
             message_id = headers.get(h.MESSAGE_ID) or str(uuid7())
             headers[h.MESSAGE_ID] = message_id
-            headers.setdefault(h.CORRELATION_ID, message_id)
+            if h.CORRELATION_ID not in headers:
+                headers[h.CORRELATION_ID] = message_id
         else:
             inherited = parent.headers
             headers = {
@@ -98,26 +117,30 @@ class Dispatcher:
             }
             if explicit:
                 headers.update(explicit)
-            headers.setdefault(h.MESSAGE_ID, str(uuid7()))
+            if h.MESSAGE_ID not in headers:
+                headers[h.MESSAGE_ID] = str(uuid7())
             parent_id = inherited.get(h.MESSAGE_ID, "")
             headers[h.CORRELATION_ID] = inherited.get(h.CORRELATION_ID, parent_id)
             headers[h.CAUSATION_ID] = parent_id
-        headers[h.TIMESTAMP] = f"{self.app.clock.now():.6f}"
+        headers[h.TIMESTAMP] = repr(self._now())
         headers[h.MESSAGE_NAME] = name
         return headers
 
     # -- bus calls --------------------------------------------------------------------------------
 
     def _route(self, kind: HandlerKind, message: Any, name: str | None) -> tuple[str, tuple[Endpoint, ...]]:
-        routes = self.app.routes
         if name is not None:
-            return name, routes.by_name(kind, name)
-        if isinstance(message, Mapping):
-            raise ConfigurationError(
-                f'a {kind} given as a plain mapping needs a name to be routed: pass name="..."'
-            )
+            return name, self.app.routes.by_name(kind, name)
         cls = type(message)
-        return message_name(cls), routes.by_class(kind, cls)
+        known = self._by_class[kind].get(cls)
+        if known is None:
+            if isinstance(message, Mapping):
+                raise ConfigurationError(
+                    f'a {kind} given as a plain mapping needs a name to be routed: pass name="..."'
+                )
+            known = message_name(cls), self.app.routes.by_class(kind, cls)
+            self._by_class[kind][cls] = known
+        return known
 
     async def command(
         self,
@@ -135,7 +158,22 @@ class Dispatcher:
         message_headers = self.new_headers(wire_name, headers)
         for observe in self.observers:
             observe("command", message, message_headers)
-        return await self._collecting(self._deliver, endpoints[0], message, message_headers, options)
+        endpoint = endpoints[0]
+        if endpoint.channels:
+            body = self._encode(message, message_headers)
+            await self.enqueue(endpoint, body, message_headers, message, options)
+            return None
+        if pending_sends.get() is not None:
+            return await self.invoke(endpoint, message, message_headers)
+        pending: list[Outgoing] = []
+        token = pending_sends.set(pending)
+        try:
+            result = await self.invoke(endpoint, message, message_headers)
+        finally:
+            pending_sends.reset(token)
+        if pending:
+            await self.flush(pending)
+        return result
 
     async def event(
         self,
@@ -148,7 +186,11 @@ class Dispatcher:
         message_headers = self.new_headers(wire_name, headers)
         for observe in self.observers:
             observe("event", message, message_headers)
-        if endpoints:
+        if len(endpoints) == 1 and endpoints[0].channels:
+            # One copy and nothing inline that could fail first: send it straight away.
+            body = self._encode(message, message_headers)
+            await self.enqueue(endpoints[0], body, message_headers, message, options)
+        elif endpoints:
             await self._collecting(self._publish, endpoints, message, message_headers, options)
 
     async def query(self, message: Any, headers: Mapping[str, str] | None, name: str | None) -> Any:
@@ -192,14 +234,6 @@ class Dispatcher:
             else:
                 await self.invoke(endpoint, message, headers)
 
-    async def _deliver(
-        self, endpoint: Endpoint, message: Any, headers: dict[str, str], options: SendOptions
-    ) -> Any:
-        if endpoint.channels:
-            await self.enqueue(endpoint, self._encode(message, headers), headers, message, options)
-            return None
-        return await self.invoke(endpoint, message, headers)
-
     @staticmethod
     def _encode(message: Any, headers: Mapping[str, str]) -> bytes:
         try:
@@ -222,6 +256,8 @@ class Dispatcher:
         context = MessageContext(self.app, endpoint, headers, message=message)
         token = current_context.set(context)
         try:
+            if endpoint.bare:
+                return await endpoint.function(message)
             assert endpoint.pipeline is not None
             return await endpoint.pipeline(context)
         finally:
@@ -263,8 +299,7 @@ class Dispatcher:
         options: SendOptions,
     ) -> None:
         """Address a copy to `endpoint` and send it to the first channel of its chain."""
-        wire = dict(headers)
-        wire.update(self.app.wire_headers[endpoint.id])
+        wire = {**headers, **endpoint.wire_headers}
         delay = options.delay if options.delay is not None else endpoint.delay
         priority = options.priority if options.priority is not None else endpoint.priority
         ttl = options.time_to_live or endpoint.time_to_live
@@ -276,8 +311,8 @@ class Dispatcher:
                 wire[h.EXPIRES_AT] = f"{now + ttl.total_seconds():.6f}"
         if priority is not None:
             wire[h.PRIORITY] = str(priority)
-        channel = self.app.channel(endpoint.channels[0])
-        await self._send_chain(Outgoing(channel, Envelope(body, wire), message))
+        assert endpoint.first_channel is not None
+        await self._send_chain(Outgoing(endpoint.first_channel, Envelope(body, wire), message))
 
     async def _collect(self, outgoing: Outgoing) -> None:
         pending = pending_sends.get()
@@ -309,7 +344,7 @@ class _Bus:
 class CommandBus(_Bus):
     """Sends commands; inject it into handlers by annotating a parameter with `CommandBus`."""
 
-    async def send(
+    def send(
         self,
         command: Any,
         *,
@@ -318,7 +353,7 @@ class CommandBus(_Bus):
         delay: DelaySpec | None = None,
         priority: int | None = None,
         time_to_live: timedelta | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Send a command to its one handler and return what it returned (None if asynchronous).
 
         Raises `HandlerNotFound` if nothing handles it, and whatever a synchronous handler raised.
@@ -328,14 +363,14 @@ class CommandBus(_Bus):
             if delay is None and priority is None and time_to_live is None
             else SendOptions(delay, priority, time_to_live)
         )
-        return await self._dispatcher.command(command, headers, name, options)
+        return self._dispatcher.command(command, headers, name, options)
 
 
 @final
 class EventBus(_Bus):
     """Publishes events; inject it into handlers by annotating a parameter with `EventBus`."""
 
-    async def publish(
+    def publish(
         self,
         event: Any,
         *,
@@ -344,7 +379,7 @@ class EventBus(_Bus):
         delay: DelaySpec | None = None,
         priority: int | None = None,
         time_to_live: timedelta | None = None,
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """Publish an event to every subscriber: sync ones run now, asynchronous ones get a copy each.
 
         An event with no subscribers is fine. A synchronous subscriber's exception reaches the caller
@@ -355,15 +390,15 @@ class EventBus(_Bus):
             if delay is None and priority is None and time_to_live is None
             else SendOptions(delay, priority, time_to_live)
         )
-        await self._dispatcher.event(event, headers, name, options)
+        return self._dispatcher.event(event, headers, name, options)
 
 
 @final
 class QueryBus(_Bus):
     """Asks queries; inject it into handlers by annotating a parameter with `QueryBus`."""
 
-    async def ask(
+    def ask(
         self, query: Any, *, headers: Mapping[str, str] | None = None, name: str | None = None
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Return the answer of the query's one handler. Raises `HandlerNotFound` if none."""
-        return await self._dispatcher.query(query, headers, name)
+        return self._dispatcher.query(query, headers, name)

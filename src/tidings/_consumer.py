@@ -9,6 +9,8 @@ and whatever is unfinished is given back without costing an attempt.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import os
 import resource
@@ -32,6 +34,7 @@ __all__ = ["Consumer", "ConsumerStats", "FailurePolicy"]
 
 logger = logging.getLogger("tidings.consumer")
 
+_ROUTING_SLIP: Final = h.ROUTING_SLIP
 _IDLE_RECEIVE_TIMEOUT: Final = 1.0
 _EMPTY_CHECK_TIMEOUT: Final = 0.05
 _MAX_FALLBACK_DELAY: Final = 60.0
@@ -69,6 +72,15 @@ class FailurePolicy:
         delay = min(2.0 ** (delivery.delivery_count - 1), _MAX_FALLBACK_DELAY)
         await channel.nack([delivery], delay=delay)
         return False
+
+
+class _Job:
+    __slots__ = ("channel", "deliveries", "relay")
+
+    def __init__(self, channel: Channel, deliveries: list[Delivery], *, relay: bool) -> None:
+        self.channel = channel
+        self.deliveries = deliveries
+        self.relay = relay
 
 
 class _Acker:
@@ -140,10 +152,13 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._active = 0
         self._slot_freed = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._leased: dict[str, set[Delivery]] = {channel.name: set() for channel in self.channels}
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._running: set[_Job] = set()
+        self._waking = False
+        self._workers: list[asyncio.Task[None]] = []
         self._ackers = {channel.name: _Acker(channel) for channel in self.channels}
-        self._empty = dict.fromkeys(self._leased, False)
+        self._empty = dict.fromkeys(self._ackers, False)
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop receiving and drain; safe to call from a signal handler."""
@@ -160,6 +175,7 @@ class Consumer:
         timer = None
         if self.time_limit is not None:
             timer = loop.call_later(self.time_limit, self.stop, "time limit")
+        self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
         receivers = [asyncio.ensure_future(self._receive_loop(channel)) for channel in self.channels]
         heartbeats = [asyncio.ensure_future(self._heartbeat(channel)) for channel in self.channels]
         try:
@@ -206,7 +222,7 @@ class Consumer:
                     self._dispatch(channel, deliveries)
                 elif self.stop_when_empty:
                     self._empty[channel.name] = True
-                    if not self._inflight and all(self._empty.values()):
+                    if not self._active and all(self._empty.values()):
                         self.stop("empty")
         finally:
             stopping.cancel()
@@ -222,27 +238,55 @@ class Consumer:
             await channel.nack(receiving.result())
 
     def _dispatch(self, channel: Channel, deliveries: list[Delivery]) -> None:
-        relays = [d for d in deliveries if h.ROUTING_SLIP in d.envelope.headers]
-        if relays:
-            self._start(self._relay(channel, relays), channel, relays)
+        relays = []
         for delivery in deliveries:
-            if h.ROUTING_SLIP not in delivery.envelope.headers:
-                self._start(self._process(channel, delivery), channel, [delivery])
+            if _ROUTING_SLIP in delivery.envelope.headers:
+                relays.append(delivery)
+            else:
+                self._submit(_Job(channel, [delivery], relay=False))
+        if relays:
+            self._submit(_Job(channel, relays, relay=True))
 
-    def _start(self, work: Any, channel: Channel, deliveries: list[Delivery]) -> None:
+    def _submit(self, job: _Job) -> None:
         self._active += 1
-        leased = self._leased[channel.name]
-        leased.update(deliveries)
-        task: asyncio.Task[None] = asyncio.ensure_future(work)
-        self._inflight.add(task)
+        self._queue.append(job)
+        if not self._waking:
+            self._wake_one()
 
-        def finished(task: asyncio.Task[None]) -> None:
-            self._inflight.discard(task)
-            leased.difference_update(deliveries)
-            self._active -= 1
-            self._slot_freed.set()
+    def _wake_one(self) -> None:
+        # At most one worker is woken at a time and a working worker wakes the next only while work
+        # remains: handlers that never suspend run back to back in one worker, handlers that wait on
+        # I/O still spread over every worker.
+        while self._idle:
+            waiter = self._idle.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._waking = True
+                return
 
-        task.add_done_callback(finished)
+    async def _worker(self) -> None:
+        """One of `concurrency` long-lived workers; cheaper than a task per message."""
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            while not queue:
+                waiter = loop.create_future()
+                self._idle.append(waiter)
+                await waiter
+                self._waking = False
+            job = queue.popleft()
+            if queue and not self._waking:
+                self._wake_one()
+            self._running.add(job)
+            try:
+                if job.relay:
+                    await self._relay(job.channel, job.deliveries)
+                else:
+                    await self._process(job.channel, job.deliveries[0])
+            finally:
+                self._running.discard(job)
+                self._active -= 1
+                self._slot_freed.set()
 
     # -- handling ---------------------------------------------------------------------------------
 
@@ -380,25 +424,36 @@ class Consumer:
     async def _heartbeat(self, channel: Channel) -> None:
         """Extend the leases of deliveries still being handled, so long handlers keep them."""
         interval = channel.lease_seconds / 3
-        leased = self._leased[channel.name]
         while True:
             await asyncio.sleep(interval)
+            leased = [d for job in self._running if job.channel is channel for d in job.deliveries]
             if leased:
                 try:
-                    await channel.extend_lease(list(leased), channel.lease_seconds)
+                    await channel.extend_lease(leased, channel.lease_seconds)
                 except Exception:
                     logger.exception("extending leases on %r failed", channel)
 
     async def _drain(self) -> None:
-        if self._inflight:
-            started = time.monotonic()
-            _done, unfinished = await asyncio.wait(set(self._inflight), timeout=self.drain_timeout)
-            for task in unfinished:
-                task.cancel()
-            await asyncio.gather(*unfinished, return_exceptions=True)
+        # Work received but not started goes straight back; it never cost an attempt.
+        while self._queue:
+            job = self._queue.popleft()
+            self._active -= 1
+            self.stats.returned += len(job.deliveries)
+            await job.channel.nack(job.deliveries)
+        started = time.monotonic()
+        deadline = started + self.drain_timeout
+        while self._running and time.monotonic() < deadline:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), deadline - time.monotonic())
+        unfinished = len(self._running)
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if unfinished or self.stats.stopped_because not in ("", "empty"):
             logger.info(
-                "drained in %.2fs; %d unfinished handlers returned their messages",
+                "drained in %.2fs; %d unfinished handlers gave their messages back",
                 time.monotonic() - started,
-                len(unfinished),
+                unfinished,
             )
         await asyncio.gather(*(acker.drain() for acker in self._ackers.values()))

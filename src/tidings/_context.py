@@ -30,13 +30,13 @@ class MessageContext:
 
     __slots__ = (
         "_message",
+        "_scope",
         "app",
         "channel",
         "delivery",
         "endpoint",
         "envelope",
         "headers",
-        "scope",
     )
 
     def __init__(
@@ -56,11 +56,18 @@ class MessageContext:
         self.envelope = envelope
         self.delivery = delivery
         self.channel = channel
-        self.scope: dict[str, Any] = {}
+        self._scope: dict[str, Any] | None = None
         self._message = message
 
     def __repr__(self) -> str:
         return f"MessageContext(endpoint={self.endpoint.id!r}, message_id={self.message_id!r})"
+
+    @property
+    def scope(self) -> dict[str, Any]:
+        """Resources that live as long as this handling (a database session, a dedup key, ...)."""
+        if self._scope is None:
+            self._scope = {}
+        return self._scope
 
     @property
     def message(self) -> Any:

@@ -21,6 +21,7 @@ from tidings.exceptions import ConfigurationError
 
 if typing.TYPE_CHECKING:
     from tidings._context import MessageContext
+    from tidings.channels.base import Channel
     from tidings.middleware.base import CallNext, Middleware
 
 __all__ = [
@@ -85,6 +86,11 @@ class Endpoint:
         self.takes_mapping = not self.message_classes
         #: The middleware chain ending in the handler call; built by the app.
         self.pipeline: CallNext | None = None
+        #: The channel a copy is sent to first, and the headers every copy carries; set by the app.
+        self.first_channel: Channel | None = None
+        #: An async function taking only the message, with no middleware: called without a pipeline.
+        self.bare = False
+        self.wire_headers: dict[str, str] = {}
 
     def __repr__(self) -> str:
         where = f" on {'→'.join(self.channels)}" if self.channels else ""
