@@ -9,16 +9,20 @@ An element is the msgpack array `[count, priority, uid, headers, body]`:
 - `headers` and `body` are the envelope, unchanged.
 
 The element is also the delivery's receipt: acking removes exactly that string from the leases.
+Batches of elements travel to scripts *framed*: as one msgpack array of raw strings (str32 headers
+around arbitrary bytes), which Redis's `cmsgpack.unpack` splits in C.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import msgspec
 
 from tidings._message import Envelope
 from tidings.channels.base import Delivery
 
-__all__ = ["decode_batch", "encode_element"]
+__all__ = ["decode_batch", "encode_element", "frame"]
 
 #: fixarray of 5, then the count of earlier deliveries as a fixed-width uint32 zero.
 _FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
@@ -41,3 +45,14 @@ def decode_batch(batch: bytes) -> list[Delivery]:
         count, _, _, headers, body = _decode_element(raw)
         deliveries.append(Delivery(Envelope(body, headers), bytes(raw), count + 1))
     return deliveries
+
+
+def frame(values: Sequence[bytes | str]) -> bytes:
+    """One argument holding many: a msgpack array32 of str32 values (bytes need not be UTF-8)."""
+    parts = [b"\xdd" + len(values).to_bytes(4, "big")]
+    append = parts.append
+    for value in values:
+        data = value.encode() if isinstance(value, str) else value
+        append(b"\xdb" + len(data).to_bytes(4, "big"))
+        append(data)
+    return b"".join(parts)

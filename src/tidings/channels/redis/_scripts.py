@@ -15,13 +15,15 @@ from `leases` (a plain ZREM), and a lease that runs out (or a nack) puts it back
 raised. An ack, nack or extension from a consumer whose lease already ran out finds no member, so it
 changes nothing: the message went to someone else with a higher count.
 
-Scripts only ever pass elements through whole (their cost in Lua is per element, not per byte) and
-return a batch as one string: a msgpack array header followed by the elements, decoded in one call.
+Batches cross the wire as one argument or one reply, never one argument per message (redis-py
+packs many arguments slowly): scripts receive elements *framed* as a msgpack array of raw strings,
+which `cmsgpack.unpack` splits in C, and return a batch as a msgpack array header followed by the
+elements, which the client decodes in one call. Elements pass through whole.
 """
 
 from __future__ import annotations
 
-__all__ = ["CLAIM", "DEPTH", "NACK", "PURGE"]
+__all__ = ["ACK", "CLAIM", "DEPTH", "EXTEND", "NACK", "PURGE", "SEND"]
 
 _HELPERS = """
 local function priority_of(element)
@@ -41,14 +43,62 @@ local function delivered_once_more(element)
   return string.sub(element, 1, 2) .. struct.pack('>I4', count + 1) .. string.sub(element, 7)
 end
 
--- Lua's unpack() is bounded by the C stack (about 8000 values); bigger batches go in slices.
-local function call_in_slices(command, key, values)
-  local total = #values
+-- Lua's unpack() is bounded by the C stack (about 8000 values); bigger batches go in slices
+-- (of an even size, so that score-member pairs stay together).
+local function call_in_slices(command, key, values, option)
+  local total, done = #values, 0
   for first = 1, total, 4000 do
-    redis.call(command, key, unpack(values, first, math.min(first + 3999, total)))
+    local last = math.min(first + 3999, total)
+    if option then
+      done = done + redis.call(command, key, option, unpack(values, first, last))
+    else
+      done = done + redis.call(command, key, unpack(values, first, last))
+    end
   end
+  return done
 end
 """
+
+#: KEYS: delayed, leases, lanes.
+#: ARGV: lane prefix, wake-up topic, framed (due time, element) pairs for the delayed set ('' for
+#: none), then per lane: priority, framed elements.
+SEND = (
+    _HELPERS
+    + """
+if ARGV[3] ~= '' then
+  call_in_slices('ZADD', KEYS[1], cmsgpack.unpack(ARGV[3]))
+end
+for i = 4, #ARGV, 2 do
+  local priority = ARGV[i]
+  call_in_slices('RPUSH', ARGV[1] .. priority, cmsgpack.unpack(ARGV[i + 1]))
+  redis.call('ZADD', KEYS[3], -tonumber(priority), priority)
+end
+redis.call('PUBLISH', ARGV[2], '')
+return 1
+"""
+)
+
+#: KEYS: delayed, leases, lanes. ARGV: framed elements. Returns how many were still leased.
+ACK = (
+    _HELPERS
+    + """
+return call_in_slices('ZREM', KEYS[2], cmsgpack.unpack(ARGV[1]))
+"""
+)
+
+#: KEYS: delayed, leases, lanes. ARGV: new lease expiry, framed elements.
+#: Only leases still held move (XX): one that ran out, maybe redelivered since, stays gone.
+EXTEND = (
+    _HELPERS
+    + """
+local scored = {}
+for _, element in ipairs(cmsgpack.unpack(ARGV[2])) do
+  scored[#scored + 1] = ARGV[1]
+  scored[#scored + 1] = element
+end
+return call_in_slices('ZADD', KEYS[2], scored, 'XX')
+"""
+)
 
 #: KEYS: delayed, leases, lanes.
 #: ARGV: lane prefix, wake-up topic, now, lease expiry, max messages.
@@ -118,15 +168,14 @@ return struct.pack('>BI4', 221, #claimed) .. table.concat(claimed)
 """
 )
 
-#: KEYS: delayed, leases, lanes. ARGV: lane prefix, wake-up topic, due time ('' for now), elements.
-#: Returns how many were still leased (and are now waiting again).
+#: KEYS: delayed, leases, lanes. ARGV: lane prefix, wake-up topic, due time ('' for now),
+#: framed elements. Returns how many were still leased (and are now waiting again).
 NACK = (
     _HELPERS
     + """
 local members, delayed = {}, {}
 local due = ARGV[3]
-for i = 4, #ARGV do
-  local element = ARGV[i]
+for _, element in ipairs(cmsgpack.unpack(ARGV[4])) do
   if redis.call('ZREM', KEYS[2], element) == 1 then
     members[#members + 1] = element
     element = delivered_once_more(element)

@@ -3,13 +3,13 @@
 How messages move (see `_scripts` for the key layout and `_codec` for the stored element):
 
 - `send` appends each message to the list of its priority (its *lane*), or, when it is not due
-  yet, adds it to the `delayed` sorted set scored by its due time: one MULTI/EXEC per batch.
+  yet, adds it to the `delayed` sorted set scored by its due time: one script call per batch.
 - `receive` runs one script that first moves due delayed messages and expired leases to their
   lanes, then pops up to `max_messages` from the lanes, highest priority first, and records each in
   the `leases` sorted set scored by its lease expiry. The batch is one atomic round trip, so any
   number of consumers never share a lease and never lose a message between them.
-- `ack` is one ZREM of the batch from `leases`; `nack` moves the batch back to its lanes or to
-  the delayed set; `extend_lease` rescores the leases that are still held.
+- `ack` removes the batch from `leases`; `nack` moves it back to its lanes or to the delayed set;
+  `extend_lease` rescores the leases that are still held. Each is one script call per batch.
 - A consumer that dies keeps its leases until they expire; the next claim, by anyone, gives the
   messages out again with their delivery count raised.
 - Receivers waiting on an empty channel are woken by a publication on the channel's wake-up topic
@@ -39,7 +39,7 @@ from tidings._message import Envelope
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
-from ._codec import decode_batch, encode_element
+from ._codec import decode_batch, encode_element, frame
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -120,7 +120,7 @@ class RedisChannel(Channel):
         self._client = client
         self._scripts = {
             name: client.register_script(getattr(_scripts, name))
-            for name in ("CLAIM", "NACK", "DEPTH", "PURGE")
+            for name in ("SEND", "CLAIM", "ACK", "NACK", "EXTEND", "DEPTH", "PURGE")
         }
         self._wakeups = Wakeups(client, self._wakeup_topic, self._clock)
 
@@ -164,13 +164,13 @@ class RedisChannel(Channel):
             backoff = min(max(backoff * 2, _FIRST_BACKOFF), _MAX_BACKOFF)
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
-        client = self._connected()
+        self._connected()
         if not envelopes:
             return
         now = self._clock.now()
         uid_prefix, uids = self._uid_prefix, self._uids
         lanes: dict[str, list[bytes]] = {}
-        delayed: dict[bytes, float] = {}
+        delayed: list[bytes | str] = []
         for envelope in envelopes:
             headers = envelope.headers
             priority = headers.get(h.PRIORITY)
@@ -182,23 +182,15 @@ class RedisChannel(Channel):
             element = encode_element(priority, f"{uid_prefix}{next(uids)}", envelope)
             deliver_at = headers.get(h.DELIVER_AT)
             if deliver_at is not None and (due := float(deliver_at)) > now:
-                delayed[element] = due
+                delayed += (repr(due), element)
             elif (lane := lanes.get(priority)) is None:
                 lanes[priority] = [element]
             else:
                 lane.append(element)
-        await self._retrying(partial(self._store, client, lanes, delayed))
-
-    async def _store(self, client: Redis, lanes: dict[str, list[bytes]], delayed: dict[bytes, float]) -> None:
-        # One transaction: a lane's element and its entry in `lanes` appear together.
-        pipe = client.pipeline(transaction=True)
+        args: list[Any] = [self._lane_prefix, self._wakeup_topic, frame(delayed) if delayed else ""]
         for priority, elements in lanes.items():
-            pipe.rpush(self._lane_prefix + priority, *elements)
-            pipe.zadd(self._lanes_key, {priority: -int(priority)})
-        if delayed:
-            pipe.zadd(self._delayed_key, delayed)
-        pipe.publish(self._wakeup_topic, b"")
-        await pipe.execute()
+            args += (priority, frame(elements))
+        await self._run("SEND", args)
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
         self._connected()
@@ -245,26 +237,22 @@ class RedisChannel(Channel):
             raise
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        client = self._connected()
+        self._connected()
         if deliveries:
-            receipts = [delivery.receipt for delivery in deliveries]
-            await self._retrying(partial(client.zrem, self._leases_key, *receipts))
+            await self._run("ACK", [frame([delivery.receipt for delivery in deliveries])])
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         self._connected()
         if deliveries:
             due = repr(self._clock.now() + delay) if delay > 0 else ""
-            args = [self._lane_prefix, self._wakeup_topic, due]
-            args += [delivery.receipt for delivery in deliveries]
-            await self._run("NACK", args)
+            receipts = frame([delivery.receipt for delivery in deliveries])
+            await self._run("NACK", [self._lane_prefix, self._wakeup_topic, due, receipts])
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
-        client = self._connected()
+        self._connected()
         if deliveries:
-            until = self._clock.now() + seconds
-            # XX: only leases still held move; one that ran out (maybe redelivered) stays gone.
-            leases = {delivery.receipt: until for delivery in deliveries}
-            await self._retrying(partial(client.zadd, self._leases_key, leases, xx=True))
+            until = repr(self._clock.now() + seconds)
+            await self._run("EXTEND", [until, frame([delivery.receipt for delivery in deliveries])])
 
     async def purge(self) -> None:
         self._connected()
