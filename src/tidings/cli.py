@@ -118,3 +118,51 @@ def endpoints(app_reference: str) -> None:
             endpoint.qualname,
         )
     Console().print(table)
+
+
+@main.group()
+def db() -> None:
+    """The app's database: create the schema, or print it for a DBA."""
+
+
+def _database_of(app: App) -> Any:
+    from tidings.sql import Database
+
+    if app.database is None:
+        raise click.UsageError(f"app '{app.name}' has no database; pass App(database=...)")
+    return app.database if isinstance(app.database, Database) else Database(app.database)
+
+
+@db.command("init")
+@click.argument("app_reference", metavar="MODULE:APP")
+def db_init(app_reference: str) -> None:
+    """Create or upgrade tidings' tables in the app's database (safe to run again)."""
+    database = _database_of(load_app(app_reference))
+
+    async def create() -> int:
+        try:
+            version: int = await database.create_schema()
+            return version
+        finally:
+            await database.close()
+
+    version = asyncio.run(create())
+    click.echo(f"tidings schema version {version} is in place in {database.safe_url}")
+
+
+@db.command("sql")
+@click.argument("app_reference", metavar="MODULE:APP", required=False)
+@click.option(
+    "--dialect",
+    type=click.Choice(["postgresql", "mysql", "mariadb", "sqlite"]),
+    help="Print for this database instead of the app's.",
+)
+def db_sql(app_reference: str | None, dialect: str | None) -> None:
+    """Print the DDL of tidings' tables, for the app's database or the given dialect."""
+    from tidings.sql._schema import schema_sql
+
+    if dialect is None:
+        if app_reference is None:
+            raise click.UsageError("give MODULE:APP or --dialect")
+        dialect = _database_of(load_app(app_reference)).url.get_backend_name()
+    click.echo(schema_sql(dialect))

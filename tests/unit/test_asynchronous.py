@@ -413,8 +413,7 @@ async def test_on_stop_in_flight_handlers_finish_and_unstarted_messages_stay_for
             await flow.publish(OrderPlaced(str(n), 1))
         consumer = flow.app.consumer("work", concurrency=2, batch_size=2)
         running = asyncio.ensure_future(consumer.run())
-        while len(finished) + await _in_flight(flow) < 2:
-            await asyncio.sleep(0.01)
+        await _wait_until_in_flight(flow, 2)
 
         consumer.stop("test")
         release.set()
@@ -436,21 +435,25 @@ async def test_a_handler_still_running_at_the_drain_deadline_gives_its_message_b
         await flow.publish(OrderPlaced("o-1", 1))
         consumer = flow.app.consumer("work", drain_timeout=0.1)
         running = asyncio.ensure_future(consumer.run())
-        while await _in_flight(flow) < 1:
-            await asyncio.sleep(0.01)
+        await _wait_until_in_flight(flow, 1)
 
         consumer.stop("test")
         stats = await running
 
         assert (stats.handled, stats.failed, stats.returned) == (0, 0, 1)
         redelivered = await flow.app.channel("work").receive(1, timeout=0)
-        assert redelivered and redelivered[0].envelope.attempt == 1
+        assert len(redelivered) == 1
+        assert redelivered[0].envelope.attempt == 1
 
 
-async def _in_flight(flow: FlowTest) -> int:
+async def _wait_until_in_flight(flow: FlowTest, count: int) -> None:
     channel = flow.app.channel("work")
     assert isinstance(channel, InMemoryChannel)
-    return len(channel._leased)
+    for _ in range(500):
+        if len(channel._leased) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{count} messages never got in flight")
 
 
 class Recorder(Middleware):

@@ -10,8 +10,8 @@ from tidings import (
     CommandBus,
     ConfigurationError,
     EventBus,
-    Header,
     HandlerNotFound,
+    Header,
     Headers,
     InMemoryChannel,
     MessageContext,
@@ -211,12 +211,14 @@ async def test_user_headers_correlation_and_causation_propagate_to_messages_sent
         await app.commands.send(PlaceOrder("o-1", 1), headers={"tenant": "acme"})
 
     command, event = seen["command"], seen["event"]
-    assert event["tenant"] == "acme" and event["extra"] == "1"
+    assert event["tenant"] == "acme"
+    assert event["extra"] == "1"
     assert event[h.CORRELATION_ID] == command[h.MESSAGE_ID] == command[h.CORRELATION_ID]
     assert event[h.CAUSATION_ID] == command[h.MESSAGE_ID]
     assert event[h.MESSAGE_ID] != command[h.MESSAGE_ID]
     assert event[h.MESSAGE_NAME] == "OrderPlaced"
-    assert len(command[h.MESSAGE_ID]) == 36 and command[h.MESSAGE_ID][14] == "7"  # UUIDv7
+    assert len(command[h.MESSAGE_ID]) == 36
+    assert command[h.MESSAGE_ID][14] == "7"  # UUIDv7
 
 
 def test_two_handlers_for_one_command_fail_start_up_naming_both() -> None:
