@@ -10,7 +10,8 @@ The raw loops:
 - *multi-value LPUSH*: each batch is one `LPUSH key v1 .. v100`; drained with `LPOP key 100`.
 
 The table shows medians over the rounds; the ratios are the channel's drain and end-to-end rates
-over the faster raw loop's in each column.
+over the faster raw loop's in each column. A second table shows the latency from send to receive at a
+steady 200 messages per second, with a receiver waiting (woken by the channel's publication).
 """
 
 from __future__ import annotations
@@ -112,6 +113,67 @@ async def channel_loop(url: str, messages: list[Envelope]) -> Timing:
     return Timing(sent - started, drained - sent)
 
 
+async def channel_latency(url: str, rate: float, count: int) -> list[float]:
+    """Seconds from `send` to `receive` returning it, one message at a time at `rate` per second."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    producer = RedisChannel("latency", url=url, key_prefix=prefix)
+    consumer = RedisChannel("latency", url=url, key_prefix=prefix)
+    for channel in (producer, consumer):
+        await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    sent_at: dict[bytes, float] = {}
+    latencies: list[float] = []
+
+    async def consume() -> None:
+        while len(latencies) < count:
+            deliveries = await consumer.receive(100, timeout=1.0)
+            received = time.perf_counter()
+            latencies.extend(received - sent_at[d.envelope.body] for d in deliveries)
+            await consumer.ack(deliveries)
+
+    try:
+        await consumer.receive(1, timeout=0.1)  # subscribed to wake-ups, as a running worker is
+        consuming = asyncio.create_task(consume())
+        started = time.perf_counter()
+        for n, message in enumerate(envelopes(count)):
+            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            sent_at[message.body] = time.perf_counter()
+            await producer.send([message])
+        await asyncio.wait_for(consuming, timeout=30)
+        await producer.purge()
+    finally:
+        await producer.close()
+        await consumer.close()
+    return latencies
+
+
+async def raw_latency(url: str, rate: float, count: int) -> list[float]:
+    """The same with raw redis-py: LPUSH, and a BRPOP waiting on another connection."""
+    key = f"bench-raw-{uuid.uuid4().hex}"
+    client, consumer = Redis.from_url(url), Redis.from_url(url)
+    sent_at: dict[bytes, float] = {}
+    latencies: list[float] = []
+
+    async def consume() -> None:
+        while len(latencies) < count:
+            popped = await consumer.brpop([key], timeout=1)
+            if popped:
+                latencies.append(time.perf_counter() - sent_at[popped[1]])
+
+    try:
+        consuming = asyncio.create_task(consume())
+        started = time.perf_counter()
+        for n, payload in enumerate(bodies(count)):
+            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            sent_at[payload] = time.perf_counter()
+            await client.lpush(key, payload)
+        await asyncio.wait_for(consuming, timeout=30)
+    finally:
+        await client.delete(key)
+        await consumer.aclose()
+        await client.aclose()
+    return latencies
+
+
 def medians(timings: list[Timing]) -> tuple[float, float, float]:
     return (
         statistics.median(t.send for t in timings),
@@ -158,6 +220,18 @@ async def main(count: int, rounds: int, url: str) -> None:
     print(row("raw redis-py: multi-value LPUSH + LPOP 100", count, results["multi"], None))
     raw = [results["pipelined"], results["multi"]]
     print(row("RedisChannel: send + receive(100) + ack", count, results["channel"], raw))
+
+    rate, samples = 200.0, 600
+    print(f"\nLatency from send to receive at {rate:.0f} msgs/s, {samples} messages (ms)\n")
+    print("| loop | p50 | p90 | p99 |")
+    print("|---|---:|---:|---:|")
+    for name, measure in [
+        ("raw redis-py: LPUSH + BRPOP", raw_latency),
+        ("RedisChannel: send + waiting receive", channel_latency),
+    ]:
+        latencies = sorted(await measure(url, rate, samples))
+        p50, p90, p99 = (latencies[int(len(latencies) * q)] * 1000 for q in (0.5, 0.9, 0.99))
+        print(f"| {name} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
 
 
 if __name__ == "__main__":
