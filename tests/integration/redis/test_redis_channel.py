@@ -122,6 +122,19 @@ async def test_a_receive_cancelled_while_claiming_gives_its_messages_back_at_onc
         assert await channel.depth() == 0
 
 
+async def test_closing_the_channel_ends_a_waiting_receive_at_once(open_channel: OpenChannel) -> None:
+    channel = await open_channel()
+    assert await channel.receive(1, timeout=0.2) == []
+    waiting = asyncio.create_task(channel.receive(1, timeout=10.0))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+
+    await channel.close()
+
+    assert await asyncio.wait_for(waiting, timeout=2.0) == []
+    assert time.monotonic() - started < 1.0
+
+
 async def test_batches_beyond_the_scripts_slice_size_go_through_whole(
     open_channel: OpenChannel,
 ) -> None:

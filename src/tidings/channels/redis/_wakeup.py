@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from tidings._clock import Clock
 
 __all__ = ["Wakeups"]
+
+_log = logging.getLogger("tidings.channels.redis")
 
 _FIRST_BACKOFF = 0.05
 _MAX_BACKOFF = 1.0
@@ -84,6 +87,10 @@ class Wakeups:
                     self._notify()
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 self._subscribed.clear()
+            except Exception:
+                # Not worth dying for: receivers still claim at least every few seconds.
+                self._subscribed.clear()
+                _log.exception("wake-up subscription to %s failed; subscribing again", self._topic)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -97,3 +104,4 @@ class Wakeups:
                 await self._listener
             self._listener = None
         self._subscribed.clear()
+        self._notify()  # receivers still waiting find the channel closed

@@ -125,12 +125,12 @@ class RedisChannel(Channel):
         self._wakeups = Wakeups(client, self._wakeup_topic, self._clock)
 
     async def close(self) -> None:
-        if self._wakeups is not None:
-            await self._wakeups.close()
-            self._wakeups = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        client, wakeups = self._client, self._wakeups
+        self._client = self._wakeups = None  # first, so that waiting receivers see it when woken
+        if wakeups is not None:
+            await wakeups.close()
+        if client is not None:
+            await client.aclose()
 
     def _connected(self) -> Redis:
         if self._client is None:
@@ -222,6 +222,8 @@ class RedisChannel(Channel):
                 continue
             due_in = float(reply[0]) - now if reply[0] else None
             await wakeups.wait(min(remaining, _LONGEST_WAIT), due_in)
+            if self._client is None:
+                return []  # closed while waiting
 
     async def _claim(self, args: list[Any]) -> Any:
         # A receive cancelled while its claim is on the wire would leave the claimed messages
