@@ -166,3 +166,7 @@ def db_sql(app_reference: str | None, dialect: str | None) -> None:
             raise click.UsageError("give MODULE:APP or --dialect")
         dialect = _database_of(load_app(app_reference)).url.get_backend_name()
     click.echo(schema_sql(dialect))
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,9 @@ class ChannelFactory:
     database: str | None = None
     #: Extra keyword arguments for App(...) when the app-level suite builds an app on this kind.
     app_options: dict[str, Any] = field(default_factory=dict)
+    #: How another process builds the same channel: the class as "module:Class" and the keyword
+    #: arguments besides the name and lease_seconds (JSON values). None for process-local channels.
+    recipe: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -35,6 +38,9 @@ class ChannelKind:
     #: cleans up after.
     open: Callable[[], AbstractAsyncContextManager[ChannelFactory]]
     marks: list[pytest.MarkDecorator] = field(default_factory=list)
+    #: Whether messages outlive the process (false only for the in-memory channel); the crash and
+    #: shutdown tests run over durable kinds, whose factories give a `recipe`.
+    durable: bool = True
 
 
 def all_kinds() -> list[ChannelKind]:

@@ -24,4 +24,4 @@ async def sql_factory(prefix: str, url: str) -> AsyncIterator[ChannelFactory]:
         # No database= here: the channel finds the app's database in its environment.
         return SqlChannel(name or f"{prefix}-{uuid.uuid4().hex[:12]}", lease_seconds=lease_seconds)
 
-    yield ChannelFactory(new=new, database=url)
+    yield ChannelFactory(new=new, database=url, recipe=("tidings.channels.sql:SqlChannel", {}))

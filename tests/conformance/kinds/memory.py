@@ -17,4 +17,4 @@ async def _open() -> AsyncIterator[ChannelFactory]:
     yield ChannelFactory(new=new)
 
 
-KIND = ChannelKind(name="memory", open=_open)
+KIND = ChannelKind(name="memory", open=_open, durable=False)

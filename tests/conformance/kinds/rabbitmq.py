@@ -29,7 +29,7 @@ async def _open() -> AsyncIterator[ChannelFactory]:
         return RabbitMQChannel(name, url=URL, lease_seconds=lease_seconds)
 
     try:
-        yield ChannelFactory(new=new)
+        yield ChannelFactory(new=new, recipe=("tidings.channels.rabbitmq:RabbitMQChannel", {"url": URL}))
     finally:
         # Every queue and exchange the factory's channels declared goes, whatever the test did.
         async with aiormq.connect(URL) as connection:

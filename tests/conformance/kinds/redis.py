@@ -45,7 +45,10 @@ async def _open() -> AsyncIterator[ChannelFactory]:
         )
 
     try:
-        yield ChannelFactory(new=new)
+        yield ChannelFactory(
+            new=new,
+            recipe=("tidings.channels.redis:RedisChannel", {"url": REDIS_URL, "key_prefix": prefix}),
+        )
     finally:
         await delete_keys(prefix)
 

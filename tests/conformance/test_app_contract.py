@@ -1,0 +1,377 @@
+"""The app's promises, proven the same way on every channel kind.
+
+Each test builds a real app on a fresh channel of the kind under test and runs real consumers; the
+crash and shutdown tests run workers in subprocesses and kill them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings import App, ConfigurationError, Headers, asynchronous, event_handler, priority
+from tidings import headers as h
+from tidings._consumer import ConsumerStats
+from tidings._message import Envelope
+from tidings.channels.base import Channel
+
+from .kinds import ChannelFactory
+from .worker_app import Numbered
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class OrderPlaced:
+    order_id: str
+    total: int
+
+
+def app_on(factory: ChannelFactory, channels: list[Channel], handlers: list[Any]) -> App:
+    return App(
+        "conformance", handlers=handlers, channels=channels, database=factory.database,
+        **factory.app_options,
+    )  # fmt: skip
+
+
+async def run_until(
+    app: App, done: Callable[[], bool], *, timeout: float = 15.0, **options: Any
+) -> ConsumerStats:
+    """Run a consumer until `done()` holds (checked every 20 ms) or `timeout` passes."""
+    consumer = app.consumer(**options)
+    running = asyncio.ensure_future(consumer.run())
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline and not running.done():
+        await asyncio.sleep(0.02)
+    consumer.stop("test done")
+    return await running
+
+
+async def test_a_message_goes_round_trip_with_its_headers(channel_factory: ChannelFactory) -> None:
+    work = channel_factory.new()
+    got: list[tuple[OrderPlaced, dict[str, str]]] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def on_placed(event: OrderPlaced, headers: Headers) -> None:
+        got.append((event, dict(headers)))
+
+    app = app_on(channel_factory, [work], [on_placed])
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 5), headers={"tenant": "acme"})
+        await run_until(app, lambda: bool(got))
+
+    event, headers = got[0]
+    assert event == OrderPlaced("o-1", 5)
+    assert headers["tenant"] == "acme"
+    assert headers[h.ENDPOINT] == "on_placed"
+    assert headers[h.MESSAGE_NAME] == "OrderPlaced"
+    assert headers[h.CORRELATION_ID] == headers[h.MESSAGE_ID]
+
+
+async def test_each_subscriber_gets_one_copy_and_a_failing_one_never_reruns_its_siblings(
+    channel_factory: ChannelFactory,
+) -> None:
+    first, second = channel_factory.new(), channel_factory.new()
+    runs = {"a": 0, "b": 0, "c": 0}
+
+    @asynchronous(first.name)
+    @event_handler
+    async def a(event: OrderPlaced) -> None:
+        runs["a"] += 1
+
+    @asynchronous(first.name)
+    @event_handler
+    async def b(event: OrderPlaced) -> None:
+        runs["b"] += 1
+        if runs["b"] == 1:
+            raise RuntimeError("first try fails")
+
+    @asynchronous(second.name)
+    @event_handler
+    async def c(event: OrderPlaced) -> None:
+        runs["c"] += 1
+
+    app = app_on(channel_factory, [first, second], [a, b, c])
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 1))
+        await run_until(app, lambda: runs["b"] >= 2, timeout=20)
+        await asyncio.sleep(0.3)
+
+    assert runs == {"a": 1, "b": 2, "c": 1}
+
+
+async def test_a_message_is_acked_only_after_its_handler_succeeded(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    attempts: list[int] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def fails(event: OrderPlaced) -> None:
+        attempts.append(1)
+        raise RuntimeError("not yet")
+
+    app = app_on(channel_factory, [work], [fails])
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 1))
+        stats = await run_until(app, lambda: bool(attempts))
+
+        assert stats.failed >= 1
+        assert await work.depth() == 1
+
+
+async def test_a_delayed_message_is_handled_when_due_and_not_before(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    handled_at: list[float] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def later(event: OrderPlaced) -> None:
+        handled_at.append(time.time())
+
+    app = app_on(channel_factory, [work], [later])
+    async with app:
+        sent_at = time.time()
+        await app.events.publish(OrderPlaced("o-1", 1), delay=timedelta(seconds=1.5))
+        await run_until(app, lambda: bool(handled_at), timeout=10)
+
+    assert handled_at
+    assert 1.4 <= handled_at[0] - sent_at <= 1.5 + 0.5
+
+
+async def test_higher_priority_messages_are_handled_first_where_the_channel_orders_by_priority(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    order: list[str] = []
+    if not work.capabilities.priority:
+
+        @asynchronous(work.name)
+        @priority(5)
+        @event_handler
+        async def urgent(event: OrderPlaced) -> None: ...
+
+        with pytest.raises(ConfigurationError, match="cannot order by priority"):
+            app_on(channel_factory, [work], [urgent])
+        return
+
+    @asynchronous(work.name)
+    @event_handler
+    async def handle(event: OrderPlaced) -> None:
+        order.append(event.order_id)
+
+    app = app_on(channel_factory, [work], [handle])
+    async with app:
+        for number in range(3):
+            await app.events.publish(OrderPlaced(f"low-{number}", 1))
+        await app.events.publish(OrderPlaced("high", 1), priority=9)
+        await asyncio.sleep(0.3)
+        await run_until(app, lambda: len(order) == 4, concurrency=1, batch_size=1)
+
+    assert order[0] == "high"
+
+
+async def test_an_expired_message_is_dropped_and_counted_not_handled(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    handled: list[str] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def handle(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    app = app_on(channel_factory, [work], [handle])
+    async with app:
+        await app.events.publish(OrderPlaced("stale", 1), time_to_live=timedelta(seconds=0.3))
+        await app.events.publish(OrderPlaced("fresh", 1), time_to_live=timedelta(seconds=60))
+        await asyncio.sleep(0.8)
+        stats = await run_until(app, lambda: bool(handled))
+        await asyncio.sleep(0.2)
+
+        assert handled == ["fresh"]
+        assert stats.expired <= 1  # a broker may also expire it natively, before the consumer sees it
+        assert await work.depth() == 0
+
+
+async def test_a_payload_that_cannot_be_decoded_does_not_stop_the_consumer(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    handled: list[str] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def handle(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    app = app_on(channel_factory, [work], [handle])
+    async with app:
+        garbage = Envelope(b"\x00\xffnot json", {h.ENDPOINT: "handle", h.MESSAGE_ID: "garbage"})
+        await work.send([garbage])
+        await app.events.publish(OrderPlaced("good", 1))
+        stats = await run_until(app, lambda: bool(handled))
+
+    assert handled == ["good"]
+    assert stats.failed >= 1
+
+
+async def test_stopping_lets_in_flight_handlers_finish_and_leaves_the_rest(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    started: list[str] = []
+    finished: list[str] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def slow(event: OrderPlaced) -> None:
+        started.append(event.order_id)
+        await asyncio.sleep(0.5)
+        finished.append(event.order_id)
+
+    app = app_on(channel_factory, [work], [slow])
+    async with app:
+        for number in range(6):
+            await app.events.publish(OrderPlaced(str(number), 1))
+        consumer = app.consumer(concurrency=2, batch_size=2)
+        running = asyncio.ensure_future(consumer.run())
+        deadline = time.monotonic() + 10
+        while len(started) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+        consumer.stop("test")
+        stats = await running
+
+        assert finished == started
+        assert stats.handled == len(finished)
+        assert stats.returned == 0
+        assert await work.depth() == 6 - len(finished)
+
+
+# -- worker processes ---------------------------------------------------------------------------------
+
+
+def _worker_environment(factory: ChannelFactory, channel: Channel, log: Path) -> dict[str, str]:
+    assert factory.recipe is not None
+    return {
+        **os.environ,
+        "TIDINGS_TEST_RECIPE": json.dumps(factory.recipe),
+        "TIDINGS_TEST_CHANNEL": channel.name,
+        "TIDINGS_TEST_LEASE": str(channel.lease_seconds),
+        "TIDINGS_TEST_DATABASE": factory.database or "",
+        "TIDINGS_TEST_LOG": str(log),
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def _lines(log: Path, prefix: str) -> list[int]:
+    if not log.exists():
+        return []
+    return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith(prefix)]
+
+
+async def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_messages_of_a_worker_killed_mid_batch_are_all_handled_after_a_restart(
+    durable_channel_factory: ChannelFactory, tmp_path: Path
+) -> None:
+    channel_factory = durable_channel_factory
+    work = channel_factory.new(lease_seconds=2.0)
+    log = tmp_path / "handled.log"
+    app = app_on(channel_factory, [work], [])
+    environment = _worker_environment(channel_factory, work, log)
+    total = 30
+
+    async with app:
+        from tests.conformance.worker_app import build_app
+
+        sender = build_app(channel_factory.recipe, work.name, 2.0, channel_factory.database)  # type: ignore[arg-type]
+        async with sender:
+            for number in range(total):
+                await sender.events.publish(Numbered(number, 0.05))
+
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tests.conformance.worker_app"], env=environment, cwd=ROOT
+        )
+        try:
+            await _wait_for(lambda: len(_lines(log, "done")) >= 5, 30, "the first worker to start")
+            worker.send_signal(signal.SIGKILL)  # mid-batch: some handlers are half way
+            worker.wait(10)
+        finally:
+            with suppress(ProcessLookupError):
+                worker.kill()
+        handled_before = set(_lines(log, "done"))
+        assert len(handled_before) < total
+
+        restarted = subprocess.Popen(
+            [sys.executable, "-m", "tests.conformance.worker_app"], env=environment, cwd=ROOT
+        )
+        try:
+            await _wait_for(lambda: set(_lines(log, "done")) == set(range(total)), 60, "every message")
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            restarted.wait(30)
+
+    assert set(_lines(log, "done")) == set(range(total))
+
+
+async def test_a_tidings_run_worker_getting_sigterm_finishes_its_handler_and_exits_zero(
+    durable_channel_factory: ChannelFactory, tmp_path: Path
+) -> None:
+    channel_factory = durable_channel_factory
+    work = channel_factory.new(lease_seconds=30.0)
+    log = tmp_path / "handled.log"
+    environment = _worker_environment(channel_factory, work, log)
+    total = 5
+
+    from tests.conformance.worker_app import build_app
+
+    sender = build_app(channel_factory.recipe, work.name, 30.0, channel_factory.database)  # type: ignore[arg-type]
+    async with sender:
+        for number in range(total):
+            await sender.events.publish(Numbered(number, 1.0))
+
+        worker = subprocess.Popen(
+            [
+                sys.executable, "-m", "tidings.cli", "run", "tests.conformance.worker_app:app",
+                work.name, "--concurrency", "1", "--batch-size", "1", "--drain-timeout", "20",
+            ],
+            env=environment, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            await _wait_for(lambda: bool(_lines(log, "start")), 30, "the worker to start a handler")
+            worker.send_signal(signal.SIGTERM)
+            output, _ = await asyncio.to_thread(worker.communicate, timeout=30)
+        finally:
+            with suppress(ProcessLookupError):
+                worker.kill()
+
+        started, done = _lines(log, "start"), _lines(log, "done")
+        assert worker.returncode == 0, output.decode()
+        assert started == done  # the in-flight handler finished
+        assert await sender.channel(work.name).depth() == total - len(done)
