@@ -189,12 +189,17 @@ class RabbitMQChannel(Channel):
             publisher = cast("aiormq.Channel", await connection.channel(publisher_confirms=True))
             try:
                 await self._topology.declare(publisher)
-            except ChannelPreconditionFailed as error:
-                raise ConfigurationError(
-                    f"RabbitMQ refused the queues of channel {self.name!r}; a queue or exchange of "
-                    f"that name exists with other settings (delete it or pick another name): "
-                    f"{error}"
-                ) from error
+            except Exception as error:
+                # The declarations are pipelined, so the error at hand may only say that the AMQP
+                # channel closed; the reason is what closed it.
+                reason = await _close_reason(publisher) or error
+                if isinstance(reason, ChannelPreconditionFailed):
+                    raise ConfigurationError(
+                        f"RabbitMQ refused the queues of channel {self.name!r}: a queue or "
+                        f"exchange of that name exists with other settings (delete it or pick "
+                        f"another name): {reason}"
+                    ) from error
+                raise
             consumer = cast("aiormq.Channel", await connection.channel(publisher_confirms=False))
             link = Link(connection, publisher, consumer)
             if self._consuming:
@@ -243,12 +248,16 @@ class RabbitMQChannel(Channel):
         try:
             await lost.close()
             pause = _RECONNECT_FIRST_PAUSE
-            while not self._closed:
+            for attempt in itertools.count():
+                if self._stopped():
+                    return
                 try:
                     link = await self._open_link()
                 except Exception as error:
-                    log.warning(
-                        "RabbitMQ channel %r: reconnecting failed (%r); next try in %.1f s",
+                    # Loud on the first failure, then about once a minute while the outage lasts.
+                    log.log(
+                        logging.WARNING if attempt % 30 == 0 else logging.DEBUG,
+                        "RabbitMQ channel %r: reconnecting failed (%r); trying again every %.1f s",
                         self.name,
                         error,
                         pause,
@@ -622,6 +631,18 @@ class RabbitMQChannel(Channel):
         finally:
             await self.close()
             self._deleting = False
+
+
+async def _close_reason(channel: aiormq.Channel) -> BaseException | None:
+    """Why the broker closed an AMQP channel, waiting a moment for the close to arrive."""
+    try:
+        async with asyncio.timeout(1.0):
+            await channel.closing
+    except TimeoutError:
+        return None
+    except Exception as reason:
+        return reason
+    return None
 
 
 def _receipts(deliveries: Iterable[Delivery]) -> list[Receipt]:
