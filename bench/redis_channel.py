@@ -81,7 +81,7 @@ async def raw_loop(client: Redis, payloads: list[bytes], *, pipelined: bool) -> 
     sent = time.perf_counter()
     handled = 0
     while handled < len(payloads):
-        popped = await client.lpop(key, BATCH)  # type: ignore[misc]
+        popped: list[bytes] | None = await client.lpop(key, BATCH)  # type: ignore[assignment]
         if popped:
             for payload in popped:
                 handled += len(payload) > 0  # the trivial handler
@@ -155,7 +155,7 @@ async def raw_latency(url: str, rate: float, count: int) -> list[float]:
 
     async def consume() -> None:
         while len(latencies) < count:
-            popped = await consumer.brpop([key], timeout=1)
+            popped: tuple[bytes, bytes] | None = await consumer.brpop([key], timeout=1)  # type: ignore[assignment]
             if popped:
                 latencies.append(time.perf_counter() - sent_at[popped[1]])
 
