@@ -18,6 +18,7 @@ from tidings._clock import SystemClock
 from tidings._message import Envelope
 from tidings.channels.base import ChannelEnvironment, Delivery
 from tidings.channels.redis import RedisChannel
+from tidings.exceptions import ChannelUnavailable
 
 pytestmark = pytest.mark.redis
 
@@ -118,6 +119,7 @@ import asyncio, sys
 from tidings._clock import SystemClock
 from tidings.channels.base import ChannelEnvironment
 from tidings.channels.redis import RedisChannel
+from tidings.exceptions import ChannelUnavailable
 
 async def main():
     channel = RedisChannel(sys.argv[1], url=sys.argv[2], lease_seconds=1.5, key_prefix=sys.argv[3])
@@ -195,3 +197,24 @@ async def test_a_receiver_waiting_through_a_killed_subscription_still_wakes_for_
         await receiver.close()
         await sender.close()
         await admin.aclose()
+
+
+async def test_an_operation_gives_up_with_channel_unavailable_when_the_server_stays_down(
+    private_redis: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.channels.redis import channel as channel_module
+
+    monkeypatch.setattr(channel_module, "_RECONNECT_TIMEOUT", 1.0)
+    channel = RedisChannel("orders", url=private_redis.url)
+    await channel.connect(environment())
+    try:
+        private_redis.stop()
+        started = time.monotonic()
+
+        with pytest.raises(ChannelUnavailable) as raised:
+            await channel.send([message(1)])
+
+        assert 1.0 <= time.monotonic() - started < 5.0
+        assert private_redis.url.removesuffix("/0") in str(raised.value)
+    finally:
+        await channel.close()
