@@ -26,6 +26,7 @@ from tidings._decorators import (
 from tidings._message import Envelope, Headers, named
 from tidings._registry import Endpoint, Header
 from tidings.channels import Channel, InMemoryChannel
+from tidings.dead_letter import DeadLetter, DeadLetterFilter, DeadLetterStore
 from tidings.exceptions import (
     ConfigurationError,
     HandlerNotFound,
@@ -34,6 +35,7 @@ from tidings.exceptions import (
     TidingsError,
 )
 from tidings.middleware import Middleware, scoped
+from tidings.middleware.retries import Backoff, RetryPolicy, retry
 
 if TYPE_CHECKING:
     from tidings.channels.rabbitmq import RabbitMQChannel as RabbitMQChannel
@@ -44,11 +46,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "Backoff",
     "Channel",
     "Clock",
     "CombinedChannel",
     "CommandBus",
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetterFilter",
+    "DeadLetterStore",
     "Endpoint",
     "Envelope",
     "EventBus",
@@ -61,6 +67,7 @@ __all__ = [
     "MessageError",
     "Middleware",
     "QueryBus",
+    "RetryPolicy",
     "SerializationError",
     "SystemClock",
     "TidingsError",
@@ -71,6 +78,7 @@ __all__ = [
     "named",
     "priority",
     "query_handler",
+    "retry",
     "scoped",
     "time_to_live",
     "with_middleware",

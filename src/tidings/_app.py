@@ -8,7 +8,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 from tidings import headers as h
 from tidings._buses import CommandBus, Dispatcher, EventBus, QueryBus
@@ -23,8 +23,11 @@ from tidings._registry import (
 )
 from tidings._serialization import JSON_CONTENT_TYPE
 from tidings.channels.base import Channel, ChannelEnvironment
+from tidings.dead_letter import DeadLetters, DeadLetterStore, InMemoryDeadLetterStore
 from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware, Outgoing, SendNext, wraps_handling, wraps_sending
+from tidings.middleware.dead_letter import DeadLetterFailurePolicy, DeadLetterMiddleware
+from tidings.middleware.retries import RetryMiddleware, RetryPolicy
 
 if TYPE_CHECKING:
     from tidings._consumer import Consumer, ConsumerStats
@@ -100,6 +103,10 @@ class App:
         clock: Clock | None = None,
         max_threads: int = 32,
         parameter_resolvers: Iterable[ParameterResolver] = (),
+        retry_policy: RetryPolicy | None = None,
+        channel_retry_policies: Mapping[str, RetryPolicy] | None = None,
+        dead_letter_store: DeadLetterStore | None = None,
+        expired_messages: Literal["drop", "dead-letter"] = "drop",
     ) -> None:
         self.name = name
         self.clock: Clock = clock or SystemClock()
@@ -116,7 +123,17 @@ class App:
             "clock": clock,
             "max_threads": max_threads,
             "parameter_resolvers": list(parameter_resolvers),
+            "retry_policy": retry_policy,
+            "channel_retry_policies": channel_retry_policies,
+            "dead_letter_store": dead_letter_store,
+            "expired_messages": expired_messages,
         }
+        if expired_messages not in ("drop", "dead-letter"):
+            raise ConfigurationError(f"expired_messages is 'drop' or 'dead-letter', not {expired_messages!r}")
+        self.expired_messages = expired_messages
+        #: The dead-letter store given, else (when the app starts) the database's, else in memory.
+        self.dead_letters = DeadLetters(self, dead_letter_store or InMemoryDeadLetterStore())
+        self.dead_letter_store_given = dead_letter_store is not None
         self._channels, self._chains = self._declare_channels(self._config["channels"])
         self.extensions: list[Extension] = []
         self.extension_state: dict[str, Any] = {}
@@ -142,8 +159,20 @@ class App:
         )
         self.endpoints: dict[str, Endpoint] = {endpoint.id: endpoint for endpoint in endpoints}
         self.routes = Routes(endpoints)
+        unknown = set(channel_retry_policies or {}) - set(self._chains)
+        if unknown:
+            raise ConfigurationError(
+                f"channel_retry_policies names channels the app does not declare: {sorted(unknown)}"
+            )
+        resilience: list[Middleware] = [
+            DeadLetterMiddleware(self),
+            RetryMiddleware(
+                retry_policy or RetryPolicy(), channel_retry_policies or {}, self._in_transaction
+            ),
+        ]
+        self.extension_state["failure_policy"] = DeadLetterFailurePolicy()
         self.middleware: list[Middleware] = sorted(
-            [m for e in self.extensions for m in e.middleware()] + self._config["middleware"],
+            resilience + [m for e in self.extensions for m in e.middleware()] + self._config["middleware"],
             key=lambda m: m.order,
         )
         for endpoint in endpoints:
@@ -186,6 +215,13 @@ class App:
                         f"channel; declare it in App(channels=[...])"
                     )
         return channels, chains
+
+    def _in_transaction(self) -> bool:
+        if self.database is None:
+            return False
+        from tidings.sql._scope import in_any_transaction
+
+        return in_any_transaction()
 
     def _resolve_builtin(self, annotation: Any) -> Provider | None:
         if annotation is CommandBus:

@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from tidings import headers as h
 from tidings._buses import pending_sends
@@ -30,11 +30,15 @@ if TYPE_CHECKING:
     from tidings._app import App
     from tidings.channels.base import Channel, Delivery
 
-__all__ = ["Consumer", "ConsumerStats", "FailurePolicy"]
+__all__ = ["DEAD_LETTERED", "OUTCOME", "RETRIED", "Consumer", "ConsumerStats", "FailurePolicy"]
 
 logger = logging.getLogger("tidings.consumer")
 
 _ROUTING_SLIP: Final = h.ROUTING_SLIP
+#: Key in `MessageContext.scope` where failure handling records what it did instead of handling.
+OUTCOME: Final = "tidings.outcome"
+RETRIED: Final = "retried"
+DEAD_LETTERED: Final = "dead-lettered"
 _IDLE_RECEIVE_TIMEOUT: Final = 1.0
 _EMPTY_CHECK_TIMEOUT: Final = 0.05
 _MAX_FALLBACK_DELAY: Final = 60.0
@@ -45,6 +49,10 @@ class ConsumerStats:
     """What a consumer run did."""
 
     handled: int = 0
+    #: Failed handlings sent back to their channel for a delayed retry.
+    retried: int = 0
+    #: Messages put in the dead-letter store (their deliveries were acked).
+    dead_lettered: int = 0
     failed: int = 0
     expired: int = 0
     relayed: int = 0
@@ -316,6 +324,7 @@ class Consumer:
                 envelope=delivery.envelope,
                 delivery=delivery,
                 channel=channel.name,
+                raise_errors=self.raise_errors,
             )
             pending: list[Outgoing] = []
             sends_token = pending_sends.set(pending)
@@ -328,13 +337,17 @@ class Consumer:
                 pending_sends.reset(sends_token)
             if pending:
                 await app.dispatcher.flush(pending)
+            outcome = context._scope.get(OUTCOME) if context._scope else None
         except asyncio.CancelledError:
             # Cut off by the drain deadline: back to the channel, not counted as a failure.
             self.stats.returned += 1
             await channel.nack([delivery])
             raise
-        except MessageExpired:
+        except MessageExpired as error:
             self.stats.expired += 1
+            if app.expired_messages == "dead-letter":
+                await self._failed(channel, delivery, error, None)
+                return
             logger.info("dropped expired message %s", delivery.envelope.message_id)
             self._ackers[channel.name].ack(delivery)
             return
@@ -342,7 +355,12 @@ class Consumer:
             await self._failed(channel, delivery, error, context)
             return
         self._ackers[channel.name].ack(delivery)
-        self._count_handled()
+        if outcome is None:
+            self._count_handled()
+        elif outcome == RETRIED:
+            self.stats.retried += 1
+        else:
+            self.stats.dead_lettered += 1
 
     async def _failed(
         self,

@@ -37,6 +37,7 @@ class MessageContext:
         "endpoint",
         "envelope",
         "headers",
+        "raise_errors",
     )
 
     def __init__(
@@ -49,6 +50,7 @@ class MessageContext:
         envelope: Envelope | None = None,
         delivery: Delivery | None = None,
         channel: str | None = None,
+        raise_errors: bool = False,
     ) -> None:
         self.app = app
         self.endpoint = endpoint
@@ -56,6 +58,8 @@ class MessageContext:
         self.envelope = envelope
         self.delivery = delivery
         self.channel = channel
+        #: Set by test consumers: failures propagate instead of being retried or dead-lettered.
+        self.raise_errors = raise_errors
         self._scope: dict[str, Any] | None = None
         self._message = message
 

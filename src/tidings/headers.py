@@ -17,6 +17,7 @@ __all__ = [
     "DELIVER_AT",
     "ENDPOINT",
     "EXPIRES_AT",
+    "FIRST_FAILED_AT",
     "FRAMEWORK_PREFIX",
     "MESSAGE_ID",
     "MESSAGE_NAME",
@@ -54,6 +55,8 @@ DELIVER_AT: Final = "tidings.deliver-at"
 PRIORITY: Final = "tidings.priority"
 #: Dropped (or dead-lettered) when received after this time, in seconds since the epoch.
 EXPIRES_AT: Final = "tidings.expires-at"
+#: When handling this copy first failed, in seconds since the epoch; set by the first delayed retry.
+FIRST_FAILED_AT: Final = "tidings.first-failed-at"
 #: Set on a message replayed from the dead-letter store.
 REPLAYED: Final = "tidings.replayed"
 #: W3C trace context of the span that sent the message.

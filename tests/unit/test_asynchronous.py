@@ -223,10 +223,17 @@ async def test_a_payload_that_does_not_decode_names_the_endpoint_and_field_and_t
         with caplog.at_level(logging.ERROR, logger="tidings"):
             stats = await flow.run()
 
+        letters = await flow.app.dead_letters.list()
+
     assert handled == [OrderPlaced("o-2", 2)]
-    assert stats.failed == 1
+    assert (stats.handled, stats.dead_lettered) == (1, 1)
     assert "endpoint 'on_order' could not decode message m-1 into OrderPlaced" in caplog.text
     assert "$.total" in caplog.text
+    assert [(letter.message_id, letter.endpoint, letter.attempts) for letter in letters] == [
+        ("m-1", "on_order", 1)
+    ]
+    assert letters[0].exception_type == "tidings.exceptions.SerializationError"
+    assert "$.total" in letters[0].exception_message
 
 
 async def test_a_decode_error_raised_into_a_test_is_a_serialization_error() -> None:
