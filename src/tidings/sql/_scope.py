@@ -119,3 +119,8 @@ def _enter(scope: TransactionScope) -> Token[tuple[tuple[str, TransactionScope],
 
 def _leave(token: Token[tuple[tuple[str, TransactionScope], ...]]) -> None:
     _open_scopes.reset(token)
+
+
+def in_any_transaction() -> bool:
+    """Whether this context runs inside an open transaction on any database."""
+    return any(scope.active for _key, scope in _open_scopes.get())
