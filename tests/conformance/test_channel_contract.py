@@ -11,8 +11,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import pytest
-
 from tidings import headers as h
 from tidings._clock import SystemClock
 from tidings._message import Envelope
