@@ -131,8 +131,9 @@ end
 
 local claimed, leases = {}, {}
 for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  local popped = redis.call('LPOP', lane_prefix .. priority, wanted)
-  if not popped or #popped < wanted then
+  local lane = lane_prefix .. priority
+  local popped = redis.call('LPOP', lane, wanted)
+  if not popped or redis.call('EXISTS', lane) == 0 then
     redis.call('ZREM', KEYS[3], priority)
   end
   if popped then
