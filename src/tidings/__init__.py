@@ -35,7 +35,9 @@ from tidings.exceptions import (
     TidingsError,
 )
 from tidings.middleware import Middleware, scoped
+from tidings.middleware.deduplication import DeduplicationStore, deduplicated
 from tidings.middleware.retries import Backoff, RetryPolicy, retry
+from tidings.middleware.timeout import handler_timeout
 
 if TYPE_CHECKING:
     from tidings.channels.rabbitmq import RabbitMQChannel as RabbitMQChannel
@@ -55,6 +57,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterFilter",
     "DeadLetterStore",
+    "DeduplicationStore",
     "Endpoint",
     "Envelope",
     "EventBus",
@@ -73,8 +76,10 @@ __all__ = [
     "TidingsError",
     "asynchronous",
     "command_handler",
+    "deduplicated",
     "delayed",
     "event_handler",
+    "handler_timeout",
     "named",
     "priority",
     "query_handler",

@@ -7,6 +7,7 @@ import collections.abc
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, final
 
@@ -27,6 +28,12 @@ from tidings.dead_letter import DeadLetters, DeadLetterStore, InMemoryDeadLetter
 from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware, Outgoing, SendNext, wraps_handling, wraps_sending
 from tidings.middleware.dead_letter import DeadLetterFailurePolicy, DeadLetterMiddleware
+from tidings.middleware.deduplication import (
+    DeduplicationMiddleware,
+    DeduplicationStore,
+    InMemoryDeduplicationStore,
+)
+from tidings.middleware.timeout import TimeoutMiddleware
 from tidings.middleware.retries import RetryMiddleware, RetryPolicy
 
 if TYPE_CHECKING:
@@ -107,6 +114,9 @@ class App:
         channel_retry_policies: Mapping[str, RetryPolicy] | None = None,
         dead_letter_store: DeadLetterStore | None = None,
         expired_messages: Literal["drop", "dead-letter"] = "drop",
+        deduplicate: bool = True,
+        deduplication_store: DeduplicationStore | None = None,
+        deduplication_retention: timedelta = timedelta(days=7),
     ) -> None:
         self.name = name
         self.clock: Clock = clock or SystemClock()
@@ -127,6 +137,9 @@ class App:
             "channel_retry_policies": channel_retry_policies,
             "dead_letter_store": dead_letter_store,
             "expired_messages": expired_messages,
+            "deduplicate": deduplicate,
+            "deduplication_store": deduplication_store,
+            "deduplication_retention": deduplication_retention,
         }
         if expired_messages not in ("drop", "dead-letter"):
             raise ConfigurationError(f"expired_messages is 'drop' or 'dead-letter', not {expired_messages!r}")
@@ -134,6 +147,9 @@ class App:
         #: The dead-letter store given, else (when the app starts) the database's, else in memory.
         self.dead_letters = DeadLetters(self, dead_letter_store or InMemoryDeadLetterStore())
         self.dead_letter_store_given = dead_letter_store is not None
+        #: The deduplication store given, else (when the app starts) the database's, else in memory.
+        self.deduplication_store: DeduplicationStore = deduplication_store or InMemoryDeduplicationStore()
+        self.deduplication_store_given = deduplication_store is not None
         self._channels, self._chains = self._declare_channels(self._config["channels"])
         self.extensions: list[Extension] = []
         self.extension_state: dict[str, Any] = {}
@@ -168,6 +184,14 @@ class App:
             DeadLetterMiddleware(self),
             RetryMiddleware(
                 retry_policy or RetryPolicy(), channel_retry_policies or {}, self._in_transaction
+            ),
+            TimeoutMiddleware(),
+            DeduplicationMiddleware(
+                self,
+                lambda: self.deduplication_store,
+                retention=deduplication_retention,
+                by_default=deduplicate,
+                in_transaction=self._in_transaction,
             ),
         ]
         self.extension_state["failure_policy"] = DeadLetterFailurePolicy()

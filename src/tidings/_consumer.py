@@ -53,6 +53,8 @@ class ConsumerStats:
     retried: int = 0
     #: Messages put in the dead-letter store (their deliveries were acked).
     dead_lettered: int = 0
+    #: Messages skipped because their endpoint had already handled them.
+    duplicates: int = 0
     failed: int = 0
     expired: int = 0
     relayed: int = 0
@@ -359,8 +361,10 @@ class Consumer:
             self._count_handled()
         elif outcome == RETRIED:
             self.stats.retried += 1
-        else:
+        elif outcome == DEAD_LETTERED:
             self.stats.dead_lettered += 1
+        else:
+            self.stats.duplicates += 1
 
     async def _failed(
         self,

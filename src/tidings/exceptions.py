@@ -8,7 +8,8 @@ TidingsError
 │   ├── HandlerNotFound                       nothing handles this command or query
 │   ├── EndpointNotFound                      the message names an endpoint this app does not have
 │   ├── SerializationError                    the payload could not be encoded or decoded
-│   └── MessageExpired                        the message outlived its time to live
+│   ├── MessageExpired                        the message outlived its time to live
+│   └── HandlerTimedOut                       a handler ran longer than its timeout
 └── ChannelError                              a channel failed; carries its name as `.channel`
     ├── ChannelUnavailable                    the broker or database cannot be reached
     └── PublishFailed                         the broker did not confirm a publish
@@ -31,6 +32,7 @@ __all__ = [
     "DriverMissing",
     "EndpointNotFound",
     "HandlerNotFound",
+    "HandlerTimedOut",
     "MessageError",
     "MessageExpired",
     "PublishFailed",
@@ -80,6 +82,10 @@ class SerializationError(MessageError):
 
 class MessageExpired(MessageError):
     """A message was received after its time to live ran out."""
+
+
+class HandlerTimedOut(MessageError):
+    """A handler ran longer than its `@handler_timeout`; counted as a failure and retried."""
 
 
 class ChannelError(TidingsError):

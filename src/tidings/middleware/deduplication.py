@@ -1,0 +1,184 @@
+"""Deduplication: a message handled once by an endpoint is skipped when it comes again.
+
+On by default for asynchronous endpoints, keyed (message id, endpoint id), so a redelivery after a
+crash, or a duplicate sent with the same id, does not run the handler twice. `@deduplicated` keys on a
+header or a function of the message instead, optionally under a tracking name shared by several
+handlers, and works on synchronous handlers and commands too.
+
+Inside a database transaction (a handler that uses the app's database), the record is written in that
+transaction before the handler runs: the handler's effects and the record commit or roll back
+together, and a concurrent duplicate waits on the record and is then skipped. Elsewhere the record is
+written after the handler succeeded. Records are kept for a retention window (7 days by default) and
+purged automatically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
+
+from tidings._consumer import OUTCOME
+from tidings._decorators import spec_of
+from tidings.middleware.base import CallNext, Middleware
+
+if TYPE_CHECKING:
+    from tidings._app import App
+    from tidings._context import MessageContext
+    from tidings._registry import Endpoint
+
+__all__ = [
+    "DUPLICATE",
+    "DeduplicationMiddleware",
+    "DeduplicationStore",
+    "InMemoryDeduplicationStore",
+    "deduplicated",
+]
+
+logger = logging.getLogger("tidings.deduplication")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTION = "deduplicated"
+DUPLICATE = "duplicate"
+_PURGE_EVERY_SECONDS = 600.0
+
+
+class DeduplicationStore(Protocol):
+    """Remembers which keys an endpoint (or tracking name) has handled."""
+
+    async def contains(self, tracking: str, key: str) -> bool:
+        """Whether `key` was handled under `tracking` (and not purged since)."""
+        ...
+
+    async def add(self, tracking: str, key: str, handled_at: float) -> None:
+        """Remember `key`; inside an open transaction on the store's database, as part of it."""
+        ...
+
+    async def purge(self, older_than: float) -> int:
+        """Forget records from before `older_than`; returns how many went."""
+        ...
+
+
+@final
+class InMemoryDeduplicationStore:
+    """Records in a dict: one process only, lost on restart; for tests and apps without a database."""
+
+    def __init__(self) -> None:
+        self._handled: dict[tuple[str, str], float] = {}
+
+    async def contains(self, tracking: str, key: str) -> bool:
+        return (tracking, key) in self._handled
+
+    async def add(self, tracking: str, key: str, handled_at: float) -> None:
+        self._handled[(tracking, key)] = handled_at
+
+    async def purge(self, older_than: float) -> int:
+        old = [record for record, at in self._handled.items() if at < older_than]
+        for record in old:
+            del self._handled[record]
+        return len(old)
+
+
+@final
+@dataclass(frozen=True)
+class _Deduplication:
+    header: str | None
+    key: Callable[[Any], object] | None
+    tracking_name: str | None
+
+
+def deduplicated(
+    *, header: str | None = None, key: Callable[[Any], object] | None = None, tracking_name: str | None = None
+) -> Callable[[F], F]:
+    """Skip a handler for a message whose key it already handled.
+
+    The key is a header (`header="payment_id"`), a function of the message (`key=lambda m: m.order_id`)
+    or, by default, the message id. `tracking_name` shares the record between handlers (the default is
+    the endpoint id).
+    """
+    if header is not None and key is not None:
+        raise ValueError("deduplicated() takes a header or a key function, not both")
+
+    def mark(function: F) -> F:
+        spec_of(function).options[_OPTION] = _Deduplication(header, key, tracking_name)
+        return function
+
+    return mark
+
+
+class DeduplicationMiddleware(Middleware):
+    """Skips handlings whose key was already handled; inside the transaction middleware."""
+
+    order = -5
+
+    def __init__(
+        self,
+        app: App,
+        store: Callable[[], DeduplicationStore],
+        *,
+        retention: timedelta,
+        by_default: bool,
+        in_transaction: Callable[[], bool],
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.retention = retention.total_seconds()
+        self.by_default = by_default
+        self.in_transaction = in_transaction
+        self._next_purge = 0.0
+        self._purging: asyncio.Task[None] | None = None
+
+    def applies_to(self, endpoint: Endpoint) -> bool:
+        return _OPTION in endpoint.options or (self.by_default and endpoint.is_asynchronous)
+
+    def _key(self, context: MessageContext) -> str | None:
+        rule: _Deduplication | None = context.endpoint.options.get(_OPTION)
+        if rule is None or (rule.header is None and rule.key is None):
+            return context.message_id or None
+        if rule.header is not None:
+            return context.headers.get(rule.header)
+        assert rule.key is not None
+        return str(rule.key(context.message))
+
+    async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
+        key = self._key(context)
+        if key is None:
+            return await call_next(context)
+        rule: _Deduplication | None = context.endpoint.options.get(_OPTION)
+        tracking = (rule.tracking_name if rule else None) or context.endpoint_id
+        store = self.store()
+        now = self.app.clock.now()
+        self._maybe_purge(store, now)
+        if await store.contains(tracking, key):
+            logger.info(
+                "skipped duplicate of %s for %s (key %s)", context.message_id, context.endpoint_id, key
+            )
+            context.scope[OUTCOME] = DUPLICATE
+            return None
+        if self.in_transaction():
+            # Claimed in the handler's transaction: commits or rolls back with its effects.
+            await store.add(tracking, key, now)
+            return await call_next(context)
+        result = await call_next(context)
+        await store.add(tracking, key, now)
+        return result
+
+    def _maybe_purge(self, store: DeduplicationStore, now: float) -> None:
+        if now < self._next_purge or (self._purging is not None and not self._purging.done()):
+            return
+        self._next_purge = now + _PURGE_EVERY_SECONDS
+        self._purging = asyncio.ensure_future(self._purge(store, now - self.retention))
+
+    @staticmethod
+    async def _purge(store: DeduplicationStore, older_than: float) -> None:
+        try:
+            purged = await store.purge(older_than)
+        except Exception:
+            logger.exception("purging expired deduplication records failed; will try again later")
+        else:
+            if purged:
+                logger.info("purged %d expired deduplication records", purged)
