@@ -25,6 +25,7 @@ from tidings._decorators import (
 )
 from tidings._message import Envelope, Headers, named
 from tidings._registry import Endpoint, Header
+from tidings._schedules import scheduled
 from tidings.channels import Channel, InMemoryChannel
 from tidings.dead_letter import DeadLetter, DeadLetterFilter, DeadLetterStore
 from tidings.exceptions import (
@@ -84,6 +85,7 @@ __all__ = [
     "priority",
     "query_handler",
     "retry",
+    "scheduled",
     "scoped",
     "time_to_live",
     "with_middleware",

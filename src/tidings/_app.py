@@ -22,6 +22,7 @@ from tidings._registry import (
     Routes,
     collect_endpoints,
 )
+from tidings._schedules import InMemoryScheduleLock, ScheduleLock, collect_schedules
 from tidings._serialization import JSON_CONTENT_TYPE
 from tidings.channels.base import Channel, ChannelEnvironment
 from tidings.dead_letter import DeadLetters, DeadLetterStore, InMemoryDeadLetterStore
@@ -174,6 +175,9 @@ class App:
             channel_chains=self._chains,
         )
         self.endpoints: dict[str, Endpoint] = {endpoint.id: endpoint for endpoint in endpoints}
+        self.schedules = collect_schedules(self._config["handlers"], resolvers, self.services)
+        #: Claims schedule ticks; the database's lock when the app has one (set on start).
+        self.schedule_lock: ScheduleLock = InMemoryScheduleLock()
         self.routes = Routes(endpoints)
         unknown = set(channel_retry_policies or {}) - set(self._chains)
         if unknown:
@@ -388,6 +392,7 @@ class App:
         stop_when_empty: bool = False,
         drain_timeout: float = 30.0,
         raise_errors: bool = False,
+        schedules: bool = True,
     ) -> Consumer:
         """A consumer of `channels` (all declared ones if none are named); `await consumer.run()`.
 
@@ -411,6 +416,7 @@ class App:
             stop_when_empty=stop_when_empty,
             drain_timeout=drain_timeout,
             raise_errors=raise_errors,
+            schedules=schedules,
         )
 
     async def run(self, *channels: str, handle_signals: bool = False, **options: Any) -> ConsumerStats:

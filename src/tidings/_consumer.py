@@ -144,6 +144,7 @@ class Consumer:
         stop_when_empty: bool,
         drain_timeout: float,
         raise_errors: bool,
+        schedules: bool = True,
     ) -> None:
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
@@ -157,6 +158,7 @@ class Consumer:
         self.stop_when_empty = stop_when_empty
         self.drain_timeout = drain_timeout
         self.raise_errors = raise_errors
+        self.run_schedules = schedules and bool(app.schedules)
         self.stats = ConsumerStats()
         self.failure_policy: FailurePolicy = app.extension_state.get("failure_policy", FailurePolicy())
         self._stopping = asyncio.Event()
@@ -188,6 +190,12 @@ class Consumer:
         self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
         receivers = [asyncio.ensure_future(self._receive_loop(channel)) for channel in self.channels]
         heartbeats = [asyncio.ensure_future(self._heartbeat(channel)) for channel in self.channels]
+        if self.run_schedules:
+            from tidings._schedules import run_schedules
+
+            heartbeats.append(
+                asyncio.ensure_future(run_schedules(self.app, self.app.schedules, self.app.schedule_lock))
+            )
         try:
             await asyncio.gather(*receivers)
         finally:

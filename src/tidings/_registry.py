@@ -185,6 +185,8 @@ def _discover(
 
     def add_function(function: Callable[..., Any]) -> None:
         spec = find_spec(function)
+        if spec is not None and spec.kind is None and "schedule" in spec.options:
+            return  # a schedule, collected by tidings._schedules
         if spec is None or spec.kind is None:
             raise ConfigurationError(
                 f"{getattr(function, '__qualname__', function)!r} is not a handler: decorate it with "

@@ -22,7 +22,17 @@ from typing import Any
 
 import pytest
 
-from tidings import App, ConfigurationError, Headers, asynchronous, event_handler, priority
+from tidings import (
+    App,
+    Backoff,
+    ConfigurationError,
+    Headers,
+    MessageContext,
+    RetryPolicy,
+    asynchronous,
+    event_handler,
+    priority,
+)
 from tidings import headers as h
 from tidings._consumer import ConsumerStats
 from tidings._message import Envelope
@@ -40,10 +50,10 @@ class OrderPlaced:
     total: int
 
 
-def app_on(factory: ChannelFactory, channels: list[Channel], handlers: list[Any]) -> App:
+def app_on(factory: ChannelFactory, channels: list[Channel], handlers: list[Any], **options: Any) -> App:
     return App(
         "conformance", handlers=handlers, channels=channels, database=factory.database,
-        **factory.app_options,
+        **{**factory.app_options, **options},
     )  # fmt: skip
 
 
@@ -114,7 +124,7 @@ async def test_each_subscriber_gets_one_copy_and_a_failing_one_never_reruns_its_
     assert runs == {"a": 1, "b": 2, "c": 1}
 
 
-async def test_a_message_is_acked_only_after_its_handler_succeeded(
+async def test_a_failed_message_is_never_lost_its_retry_waits_in_the_channel(
     channel_factory: ChannelFactory,
 ) -> None:
     work = channel_factory.new()
@@ -122,17 +132,119 @@ async def test_a_message_is_acked_only_after_its_handler_succeeded(
 
     @asynchronous(work.name)
     @event_handler
-    async def fails(event: OrderPlaced) -> None:
-        attempts.append(1)
+    async def fails(event: OrderPlaced, context: MessageContext) -> None:
+        attempts.append(context.attempt)
         raise RuntimeError("not yet")
 
-    app = app_on(channel_factory, [work], [fails])
+    app = app_on(channel_factory, [work], [fails], retry_policy=RetryPolicy(backoff=Backoff.fixed(60)))
     async with app:
         await app.events.publish(OrderPlaced("o-1", 1))
         stats = await run_until(app, lambda: bool(attempts))
 
-        assert stats.failed >= 1
-        assert await work.depth() == 1
+        assert attempts == [1]
+        assert (stats.handled, stats.retried) == (0, 1)
+        assert await work.depth() == 1  # the retry copy, due in a minute
+
+
+async def test_a_delayed_retry_does_not_hold_up_the_messages_behind_it(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    seen: list[tuple[str, int]] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def handle(event: OrderPlaced, context: MessageContext) -> None:
+        seen.append((event.order_id, context.attempt))
+        if event.order_id == "flaky" and context.attempt == 1:
+            raise RuntimeError("first try fails")
+
+    policy = RetryPolicy(backoff=Backoff.fixed(1.0))
+    app = app_on(channel_factory, [work], [handle], retry_policy=policy)
+    async with app:
+        await app.events.publish(OrderPlaced("flaky", 1))
+        for number in range(3):
+            await app.events.publish(OrderPlaced(f"next-{number}", 1))
+        await run_until(app, lambda: ("flaky", 2) in seen, timeout=20, concurrency=1, batch_size=1)
+
+    assert seen[0] == ("flaky", 1)
+    assert seen[-1] == ("flaky", 2)
+    assert sorted(seen[1:-1]) == [("next-0", 1), ("next-1", 1), ("next-2", 1)]
+
+
+async def test_an_exhausted_message_is_dead_lettered_and_a_replay_handles_it_once(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new()
+    broken = True
+    handled: list[tuple[str, str | None]] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def ship(event: OrderPlaced, headers: Headers) -> None:
+        if broken:
+            raise RuntimeError("warehouse offline")
+        handled.append((event.order_id, headers.get(h.REPLAYED)))
+
+    policy = RetryPolicy(max_attempts=2, backoff=Backoff.fixed(0.2))
+    app = app_on(channel_factory, [work], [ship], retry_policy=policy)
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 1), headers={"tenant": "acme"})
+        stats = await run_until(app, lambda: False, timeout=3)
+        letters = await app.dead_letters.list()
+        assert stats.dead_lettered == 1
+        assert [(letter.endpoint, letter.attempts, letter.channel) for letter in letters] == [
+            ("ship", 2, work.name)
+        ]
+
+        broken = False
+        await app.dead_letters.replay(letters[0].id)
+        await run_until(app, lambda: bool(handled))
+
+        assert handled == [("o-1", letters[0].id)]
+        assert await app.dead_letters.count() == 0
+
+
+async def test_a_message_delivered_twice_is_handled_once(channel_factory: ChannelFactory) -> None:
+    work = channel_factory.new()
+    handled: list[str] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def ship(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    app = app_on(channel_factory, [work], [ship])
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 1), headers={h.MESSAGE_ID: "fixed-id"})
+        await app.events.publish(OrderPlaced("o-1", 1), headers={h.MESSAGE_ID: "fixed-id"})
+        stats = await run_until(app, lambda: bool(handled), timeout=10)
+        await asyncio.sleep(0.3)
+        stats.duplicates += (await run_until(app, lambda: False, timeout=0.5)).duplicates
+
+    assert handled == ["o-1"]
+    assert stats.duplicates == 1
+
+
+async def test_a_long_handler_keeps_its_message_by_extending_the_lease(
+    channel_factory: ChannelFactory,
+) -> None:
+    work = channel_factory.new(lease_seconds=1.0)
+    runs: list[str] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def slow(event: OrderPlaced) -> None:
+        runs.append(event.order_id)
+        await asyncio.sleep(3.0)  # three leases long
+
+    app = app_on(channel_factory, [work], [slow], deduplicate=False)
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 1))
+        stats = await run_until(app, lambda: False, timeout=5, concurrency=2)
+
+    assert runs == ["o-1"]
+    assert stats.handled == 1
 
 
 async def test_a_delayed_message_is_handled_when_due_and_not_before(
@@ -212,7 +324,7 @@ async def test_an_expired_message_is_dropped_and_counted_not_handled(
         assert await work.depth() == 0
 
 
-async def test_a_payload_that_cannot_be_decoded_does_not_stop_the_consumer(
+async def test_a_payload_that_cannot_be_decoded_is_dead_lettered_and_the_consumer_goes_on(
     channel_factory: ChannelFactory,
 ) -> None:
     work = channel_factory.new()
@@ -229,9 +341,14 @@ async def test_a_payload_that_cannot_be_decoded_does_not_stop_the_consumer(
         await work.send([garbage])
         await app.events.publish(OrderPlaced("good", 1))
         stats = await run_until(app, lambda: bool(handled))
+        await asyncio.sleep(0.2)
+        letters = await app.dead_letters.list()
 
     assert handled == ["good"]
-    assert stats.failed >= 1
+    assert stats.dead_lettered == 1
+    assert [(letter.message_id, letter.exception_type) for letter in letters] == [
+        ("garbage", "tidings.exceptions.SerializationError")
+    ]
 
 
 async def test_stopping_lets_in_flight_handlers_finish_and_leaves_the_rest(

@@ -118,6 +118,7 @@ class FlowTest:
             message_limit=message_limit,
             raise_errors=self.raise_errors if raise_errors is None else raise_errors,
             drain_timeout=5.0,
+            schedules=False,
         )
 
     def advance(self, by: timedelta | float) -> None:
