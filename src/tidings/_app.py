@@ -7,8 +7,8 @@ import collections.abc
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
 from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, final
 
 from tidings import headers as h
@@ -34,8 +34,8 @@ from tidings.middleware.deduplication import (
     DeduplicationStore,
     InMemoryDeduplicationStore,
 )
-from tidings.middleware.timeout import TimeoutMiddleware
 from tidings.middleware.retries import RetryMiddleware, RetryPolicy
+from tidings.middleware.timeout import TimeoutMiddleware
 
 if TYPE_CHECKING:
     from tidings._consumer import Consumer, ConsumerStats

@@ -196,12 +196,14 @@ class Consumer:
             heartbeats.append(
                 asyncio.ensure_future(run_schedules(self.app, self.app.schedules, self.app.schedule_lock))
             )
+        stopped = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.gather(*receivers)
+            # Receivers end once stopping; with no channel (schedules only), the stop signal ends the run.
+            await asyncio.gather(*receivers, stopped)
         finally:
-            for task in receivers + heartbeats:
+            for task in [*receivers, *heartbeats, stopped]:
                 task.cancel()
-            await asyncio.gather(*receivers, *heartbeats, return_exceptions=True)
+            await asyncio.gather(*receivers, *heartbeats, stopped, return_exceptions=True)
             await self._drain()
             if timer is not None:
                 timer.cancel()
