@@ -282,3 +282,65 @@ async def test_a_delayed_nack_publishes_one_copy_and_acks_the_original(
     assert [number(d) for d in again] == [1]
     assert await channel.receive(10, timeout=1.5) == []
     assert await channel.depth() == 0
+
+
+@rabbitmq
+async def test_a_body_larger_than_one_frame_goes_out_in_a_batch_and_comes_back_whole(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel()
+    large = Envelope(bytes(range(256)) * 4096, {h.MESSAGE_ID: "large"})  # 1 MiB, many frames
+    await channel.send([envelope(1), large, envelope(2)])
+
+    received = await drain(channel, 3)
+
+    assert sorted(d.envelope.message_id for d in received) == ["large", "m-1", "m-2"]
+    (whole,) = [d for d in received if d.envelope.message_id == "large"]
+    assert whole.envelope.body == large.body
+    await channel.ack(received)
+
+
+@rabbitmq
+async def test_without_batched_writes_sends_are_still_confirmed_and_refusals_reported(
+    open_channel: OpenChannel, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fallback for an aiormq without the bookkeeping batched writes rely on.
+    monkeypatch.setattr("tidings.channels.rabbitmq._link.batches_supported", lambda _: False)
+    channel = await open_channel()
+    await channel.send([envelope(n) for n in range(20)])
+
+    received = await drain(channel, 20)
+    await channel.ack(received)
+    assert sorted(number(d) for d in received) == list(range(20))
+
+    # A channel that only sends (a consuming one would see its consumer cancelled, reconnect and
+    # declare the queue again).
+    sender = await open_channel()
+    async with aiormq.connect(rabbitmq_url) as connection:
+        raw = await connection.channel()
+        await raw.queue_delete(sender.name)
+    with pytest.raises(PublishFailed):
+        await sender.send([envelope(1)])
+
+
+@rabbitmq
+async def test_a_consumer_whose_queue_was_deleted_declares_it_again_and_carries_on(
+    open_channel: OpenChannel, rabbitmq_url: str
+) -> None:
+    channel = await open_channel()
+    assert await channel.receive(10, timeout=0.2) == []
+    async with aiormq.connect(rabbitmq_url) as connection:
+        raw = await connection.channel()
+        await raw.queue_delete(channel.name)
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            await channel.send([envelope(1)])
+            break
+        except PublishFailed:
+            await asyncio.sleep(0.1)  # not declared again yet
+    received = await drain(channel, 1, timeout=5.0)
+
+    assert [number(d) for d in received] == [1]
+    await channel.ack(received)

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from tidings.channels.rabbitmq._ledger import Ledger
+from tidings.channels.rabbitmq._publisher import batches_supported
 
 if TYPE_CHECKING:
     from aiormq import Channel
@@ -44,7 +45,17 @@ class Receipt:
 class Link:
     """A connection with one AMQP channel for publishing (with confirms) and one for consuming."""
 
-    __slots__ = ("_flusher", "_pending", "alive", "connection", "consumer", "ledger", "publisher")
+    __slots__ = (
+        "_flusher",
+        "_pending",
+        "alive",
+        "batched",
+        "connection",
+        "consumer",
+        "consumer_tag",
+        "ledger",
+        "publisher",
+    )
 
     def __init__(
         self,
@@ -55,8 +66,12 @@ class Link:
         self.connection = connection
         self.publisher = publisher
         self.consumer = consumer
+        #: Set once this link consumes the work queue.
+        self.consumer_tag: str | None = None
         self.ledger = Ledger()
         self.alive = True
+        #: Whether a batch goes out in one write (see `_publisher`).
+        self.batched = batches_supported(publisher)
         # Settle frames in the order their tags were settled: a `multiple` frame may only reach the
         # broker after the single frames for lower tags that were settled before it.
         self._pending: deque[tuple[int, int, bool]] = deque()
@@ -69,8 +84,9 @@ class Link:
     def settle(self, receipts: Iterable[Receipt], operation: int) -> bool:
         """Mark receipts of this link settled and queue the fewest frames that say so.
 
-        Receipts already settled, or from another (dead) link, are skipped. Returns whether frames
-        were queued; `flush` writes them.
+        Receipts already settled, or from another (dead) link, are skipped. The frames are written
+        on the next loop turn (AMQP does not answer acks, so there is nothing to wait for); `flush`
+        waits for them. Returns whether frames were queued.
         """
         tags = []
         for receipt in receipts:
@@ -83,18 +99,24 @@ class Link:
         upto, singles = self.ledger.settle(tags)
         pending = self._pending
         if upto is not None:
+            # A `multiple` frame also covers the same operation's frames still queued for lower
+            # tags: those tags are unsettled on the broker until written, so they can go in this one.
+            while pending and pending[-1][0] == operation and pending[-1][1] < upto:
+                pending.pop()
             pending.append((operation, upto, True))
         pending.extend((operation, tag, False) for tag in singles)
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._write_pending())
         return True
 
     async def flush(self) -> None:
-        """Write the queued settle frames; several callers share one writer."""
-        if self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._write_pending())
-        # Shielded: a caller that gives up waiting must not stop frames that others rely on.
-        await asyncio.shield(self._flusher)
+        """Wait until the queued settle frames are written."""
+        while self._flusher is not None:
+            # Shielded: a caller that gives up waiting must not stop frames that others rely on.
+            await asyncio.shield(self._flusher)
 
     async def _write_pending(self) -> None:
+        # Starts on the next loop turn: settles made until then join the frames written now.
         pending, channel = self._pending, self.consumer
         try:
             while pending:
@@ -113,8 +135,7 @@ class Link:
     async def close(self) -> None:
         """Write what is still queued, then close the connection (unsettled deliveries go back)."""
         self.alive = False
-        if self._pending:
-            await self.flush()
+        await self.flush()
         try:
             await self.connection.close()
         except Exception as error:

@@ -40,6 +40,7 @@ from tidings._clock import Clock, SystemClock
 from tidings._message import Envelope
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
 from tidings.channels.rabbitmq._link import ACK, REQUEUE, Link, Receipt
+from tidings.channels.rabbitmq._publisher import publish
 from tidings.channels.rabbitmq._topology import Topology
 from tidings.exceptions import (
     ChannelUnavailable,
@@ -72,6 +73,8 @@ _BROKER_HEADERS = frozenset(
 )
 #: Publishes in flight at once; aiormq's confirm bookkeeping costs grow with the number in flight.
 _PUBLISH_WINDOW = 1000
+#: Loop turns `receive` waits at most for deliveries still on their way into the buffer.
+_GATHER_TURNS = 16
 _RECONNECT_FIRST_PAUSE = 0.1
 _RECONNECT_LONGEST_PAUSE = 2.0
 
@@ -123,7 +126,6 @@ class RabbitMQChannel(Channel):
         self._linked = asyncio.Event()
         self._closed = True
         self._consuming = False
-        self._deleting = False
         self._reconnector: asyncio.Task[None] | None = None
         self._closing_link: asyncio.Future[Any] | None = None
         self._lease_watcher: asyncio.Task[None] | None = None
@@ -219,8 +221,6 @@ class RabbitMQChannel(Channel):
     def _drop(self, link: Link) -> None:
         # The broker cancelled our consumer (its queue was deleted): start over on a new connection,
         # which declares the queue again.
-        if self._deleting:
-            return
         log.warning("RabbitMQ cancelled the consumer of channel %r; reconnecting", self.name)
         self._closing_link = asyncio.ensure_future(link.connection.close())
 
@@ -355,24 +355,10 @@ class RabbitMQChannel(Channel):
         refused: list[tuple[_Outgoing, object]] = []
         while pending:
             link = await self._current_link(deadline)
-            publish = link.publisher.basic_publish
             lost: list[_Outgoing] = []
             for start in range(0, len(pending), _PUBLISH_WINDOW):
                 window = pending[start : start + _PUBLISH_WINDOW]
-                results = await asyncio.gather(
-                    *[
-                        publish(
-                            body,
-                            exchange=exchange,
-                            routing_key=routing_key,
-                            properties=properties,
-                            mandatory=True,
-                            wait=False,
-                        )
-                        for body, exchange, routing_key, properties, _ in window
-                    ],
-                    return_exceptions=True,
-                )
+                results = await publish(link.publisher, window, batched=link.batched)
                 for item, result in zip(window, results, strict=True):
                     if isinstance(result, Basic.Ack):
                         continue
@@ -412,6 +398,16 @@ class RabbitMQChannel(Channel):
                         await self._arrived.wait()
                 except TimeoutError:
                     return []
+        # Deliveries already read from the socket wait in callback tasks that have not run yet: let
+        # them in while they keep coming, so that a busy queue is received (and acked) in full
+        # batches rather than a few messages at a time. On a quiet queue this costs one loop turn.
+        for _ in range(_GATHER_TURNS):
+            if self._buffered >= max_messages:
+                break
+            before = self._buffered
+            await asyncio.sleep(0)
+            if self._buffered == before:
+                break
         return self._lease(max_messages)
 
     async def _start_consuming(self) -> None:
@@ -427,7 +423,8 @@ class RabbitMQChannel(Channel):
 
     async def _subscribe(self, link: Link) -> None:
         await link.consumer.basic_qos(prefetch_count=self.prefetch)
-        await link.consumer.basic_consume(self.name, self._consumer(link))
+        consuming = await link.consumer.basic_consume(self.name, self._consumer(link))
+        link.consumer_tag = consuming.consumer_tag
 
     def _consumer(self, link: Link) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         lanes, top, ledger, arrived = self._lanes, self.max_priority, link.ledger, self._arrived
@@ -481,8 +478,7 @@ class RabbitMQChannel(Channel):
             operation = REQUEUE
         else:
             operation = ACK
-        if link.settle([receipt], operation):
-            await link.flush()
+        link.settle([receipt], operation)
 
     def _lease(self, max_messages: int) -> list[Delivery]:
         taken: list[Delivery] = []
@@ -514,8 +510,9 @@ class RabbitMQChannel(Channel):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Remove handled deliveries, with one `multiple` ack where that covers only these."""
         link = self._link
-        if link is not None and link.settle(_receipts(deliveries), ACK):
-            await link.flush()
+        if link is not None:
+            # Written on the next loop turn, together with whatever else is settled until then.
+            link.settle(_receipts(deliveries), ACK)
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         """Give deliveries back: requeued at once, or after `delay` seconds via the delay cascade.
@@ -527,8 +524,7 @@ class RabbitMQChannel(Channel):
         if link is None:
             return
         if delay <= 0:
-            if link.settle(_receipts(deliveries), REQUEUE):
-                await link.flush()
+            link.settle(_receipts(deliveries), REQUEUE)
             return
         held = [d for d in deliveries if d.receipt.link is link and not d.receipt.settled]
         if not held:
@@ -548,8 +544,7 @@ class RabbitMQChannel(Channel):
                 delivery.receipt.deadline = deadline
                 self._watch(deadline, [delivery.receipt])
             raise
-        if link.settle(_receipts(held), ACK):
-            await link.flush()
+        link.settle(_receipts(held), ACK)
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
         """Keep deliveries leased for another `seconds` from now (on the app's clock)."""
@@ -582,7 +577,6 @@ class RabbitMQChannel(Channel):
             link = self._link
             if expired and link is not None and link.settle(expired, REQUEUE):
                 log.debug("RabbitMQ channel %r: %d lease(s) ran out; requeued", self.name, len(expired))
-                await link.flush()
             changed.clear()
             if not leases:
                 await changed.wait()
@@ -625,12 +619,14 @@ class RabbitMQChannel(Channel):
         The channel is closed afterwards; connecting again declares everything anew.
         """
         link = await self._current_link(asyncio.get_running_loop().time() + self.wait_for_broker)
-        self._deleting = True
         try:
+            if link.consumer_tag is not None:
+                # Stopped first: the broker would otherwise cancel it, and the channel reconnect.
+                self._consuming = False
+                await link.consumer.basic_cancel(link.consumer_tag)
             await self._topology.delete(link.publisher)
         finally:
             await self.close()
-            self._deleting = False
 
 
 async def _close_reason(channel: aiormq.Channel) -> BaseException | None:
