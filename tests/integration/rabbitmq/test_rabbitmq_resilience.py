@@ -121,3 +121,32 @@ async def test_a_channel_that_cannot_reach_the_broker_says_so(unused_tcp_port: i
         await channel.connect(environment())
 
     assert "secret" not in str(failure.value)
+
+
+async def test_sends_in_flight_when_the_connection_is_killed_are_published_again(
+    open_channel: OpenChannel,
+) -> None:
+    app_name = f"it-{uuid.uuid4().hex[:8]}"
+    channel = await open_channel(app_name=app_name)
+    connection_name = f"tidings {app_name} {channel.name}"
+    (original,) = await connections_named(connection_name)
+
+    killing = asyncio.ensure_future(
+        rabbitmqctl("close_connection", original, "test: connection killed mid-send")
+    )
+    sent = 0
+    while not killing.done() or sent < 1000:
+        # Every send returns only once the broker confirmed all of it, on whichever connection.
+        await channel.send([envelope(n) for n in range(sent, sent + 250)])
+        sent += 250
+    await killing
+
+    seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while len(seen) < sent and time.monotonic() < deadline:
+        batch = await channel.receive(250, timeout=0.5)
+        seen.update(number(d) for d in batch)
+        await channel.ack(batch)
+
+    assert seen == set(range(sent))
+    assert await wait_for_connection(connection_name) != [original]

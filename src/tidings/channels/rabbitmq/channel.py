@@ -88,8 +88,8 @@ class RabbitMQChannel(Channel):
 
     `prefetch` bounds how many messages the broker hands this consumer ahead of `receive`;
     `max_priority` is the queue's `x-max-priority` (priorities above it count as it, below 0 as 0);
-    `wait_for_broker` is how long `send` waits for a lost connection to come back before it raises
-    `ChannelUnavailable`.
+    `wait_for_broker` is how long `send` waits for a lost connection to come back, or for the
+    confirms of a batch, before it raises `ChannelUnavailable`.
     """
 
     capabilities = Capabilities(delay=True, priority=True)
@@ -358,7 +358,15 @@ class RabbitMQChannel(Channel):
             lost: list[_Outgoing] = []
             for start in range(0, len(pending), _PUBLISH_WINDOW):
                 window = pending[start : start + _PUBLISH_WINDOW]
-                results = await publish(link.publisher, window, batched=link.batched)
+                try:
+                    async with asyncio.timeout(self.wait_for_broker):
+                        results = await publish(link.publisher, window, batched=link.batched)
+                except TimeoutError:
+                    raise ChannelUnavailable(
+                        f"RabbitMQ did not confirm messages on channel {self.name!r} within "
+                        f"{self.wait_for_broker:.0f} s (is a resource alarm blocking publishers?)",
+                        channel=self.name,
+                    ) from None
                 for item, result in zip(window, results, strict=True):
                     if isinstance(result, Basic.Ack):
                         continue
@@ -371,6 +379,13 @@ class RabbitMQChannel(Channel):
                 # Not a lost connection: something else went wrong, and trying again would repeat it.
                 refused.extend((item, last_error) for item in lost)
                 lost = []
+            if lost:
+                log.warning(
+                    "RabbitMQ channel %r: %d message(s) unconfirmed when the connection was lost; "
+                    "publishing them again",
+                    self.name,
+                    len(lost),
+                )
             pending = lost
         if refused:
             raise PublishFailed(
