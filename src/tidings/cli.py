@@ -159,6 +159,7 @@ def db_init(app_reference: str) -> None:
 )
 def db_sql(app_reference: str | None, dialect: str | None) -> None:
     """Print the DDL of tidings' tables, for the app's database or the given dialect."""
+    from tidings.sql import _stores  # noqa: F401  (its tables are part of the schema)
     from tidings.sql._schema import schema_sql
 
     if dialect is None:

@@ -10,12 +10,14 @@ from sqlalchemy import text
 
 from tidings.sql import Database
 
-from .app import DATABASE, app
+from .app import DATABASE, DEFAULT_DATABASE, app
 from .handlers import console
 from .messages import OrderCount, PlaceOrder
 
 
 async def prepare_database() -> None:
+    if DATABASE == DEFAULT_DATABASE and os.path.exists("shop.db"):
+        os.remove("shop.db")  # every demo run starts from an empty shop
     database = Database(DATABASE)
     try:
         await database.create_schema()  # what `tidings db init shop.app:app` does

@@ -13,7 +13,8 @@ from tidings.channels.sql import SqlChannel
 
 from . import handlers
 
-DATABASE = os.environ.get("SHOP_DATABASE", "sqlite+aiosqlite:///shop.db")
+DEFAULT_DATABASE = "sqlite+aiosqlite:///shop.db"
+DATABASE = os.environ.get("SHOP_DATABASE", DEFAULT_DATABASE)
 
 
 def inventory_channel() -> Channel:

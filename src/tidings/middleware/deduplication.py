@@ -55,7 +55,8 @@ class DeduplicationStore(Protocol):
         ...
 
     async def add(self, tracking: str, key: str, handled_at: float) -> None:
-        """Remember `key`; inside an open transaction on the store's database, as part of it."""
+        """Remember `key`. Inside an open transaction on the store's database it is part of it and
+        fails if the key is already there; outside one, adding a known key changes nothing."""
         ...
 
     async def purge(self, older_than: float) -> int:
@@ -81,6 +82,12 @@ class InMemoryDeduplicationStore:
         for record in old:
             del self._handled[record]
         return len(old)
+
+
+class _KeyLock(asyncio.Lock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.users = 0
 
 
 @final
@@ -131,6 +138,7 @@ class DeduplicationMiddleware(Middleware):
         self.in_transaction = in_transaction
         self._next_purge = 0.0
         self._purging: asyncio.Task[None] | None = None
+        self._locks: dict[tuple[str, str], _KeyLock] = {}
 
     def applies_to(self, endpoint: Endpoint) -> bool:
         return _OPTION in endpoint.options or (self.by_default and endpoint.is_asynchronous)
@@ -150,6 +158,21 @@ class DeduplicationMiddleware(Middleware):
             return await call_next(context)
         rule: _Deduplication | None = context.endpoint.options.get(_OPTION)
         tracking = (rule.tracking_name if rule else None) or context.endpoint_id
+        # Copies of one key handled at once in this process take turns, so the second sees the
+        # first one's record. Across processes, a transaction's record lock does the same.
+        lock = self._locks.setdefault((tracking, key), _KeyLock())
+        lock.users += 1
+        try:
+            async with lock:
+                return await self._handle_once(context, call_next, tracking, key)
+        finally:
+            lock.users -= 1
+            if not lock.users:
+                del self._locks[(tracking, key)]
+
+    async def _handle_once(
+        self, context: MessageContext, call_next: CallNext, tracking: str, key: str
+    ) -> Any:
         store = self.store()
         now = self.app.clock.now()
         self._maybe_purge(store, now)

@@ -15,6 +15,7 @@ from tidings.sql._errors import DatabaseUnavailable, SchemaMissing, TransactionR
 from tidings.sql._registry import acquire_database, release_database
 from tidings.sql._schema import SCHEMA_VERSION
 from tidings.sql._scope import Callback, TransactionScope, current_connection, current_scope
+from tidings.sql._stores import SqlDeadLetterStore, SqlDeduplicationStore, SqlScheduleLock
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -23,6 +24,9 @@ __all__ = [
     "Database",
     "DatabaseUnavailable",
     "SchemaMissing",
+    "SqlDeadLetterStore",
+    "SqlDeduplicationStore",
+    "SqlScheduleLock",
     "TransactionRolledBack",
     "TransactionScope",
     "acquire_database",

@@ -21,6 +21,7 @@ from tidings.middleware.base import Middleware
 from tidings.sql._database import Database
 from tidings.sql._registry import acquire_database, release_database
 from tidings.sql._scope import current_scope
+from tidings.sql._stores import SqlDeadLetterStore, SqlDeduplicationStore, SqlScheduleLock
 
 if TYPE_CHECKING:
     from tidings._app import App
@@ -119,6 +120,11 @@ class SqlExtension(Extension):
 
     async def start(self, app: App) -> None:
         self._database = await acquire_database(app.extension_state, self._option)
+        if not app.dead_letter_store_given:
+            app.dead_letters.store = SqlDeadLetterStore(self._database)
+        if not app.deduplication_store_given:
+            app.deduplication_store = SqlDeduplicationStore(self._database)
+        app.schedule_lock = SqlScheduleLock(self._database, app.clock.now)
 
     async def stop(self) -> None:
         if self._database is not None:
