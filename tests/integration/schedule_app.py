@@ -1,8 +1,8 @@
 """An app with one schedule firing every second, for worker processes in the schedule tests.
 
-    TIDINGS_TEST_DATABASE  the app's database URL
-    TIDINGS_TEST_LOG       a file each firing appends "<tick> <pid>" to
-    TIDINGS_TEST_SCHEDULE  the schedule's name
+TIDINGS_TEST_DATABASE  the app's database URL
+TIDINGS_TEST_LOG       a file each firing appends "<tick> <pid>" to
+TIDINGS_TEST_SCHEDULE  the schedule's name
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 from datetime import timedelta
 
 from tidings import App, scheduled
-
 
 
 def _log(line: str) -> None:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-
 from tests.conftest import require_service
+
 from tidings import (
     App,
     Backoff,
@@ -73,7 +73,9 @@ async def _prepare(url: str) -> None:
     try:
         await database.create_schema()
         async with database.transaction() as connection:
-            await connection.execute(text("CREATE TABLE IF NOT EXISTS shipments (id VARCHAR(100) PRIMARY KEY)"))
+            await connection.execute(
+                text("CREATE TABLE IF NOT EXISTS shipments (id VARCHAR(100) PRIMARY KEY)")
+            )
     finally:
         await database.close()
 
@@ -225,7 +227,9 @@ async def test_a_dedup_record_rolled_back_with_a_failed_transaction_does_not_blo
         flow.advance(2)
         await flow.run()
         async with flow.app.transaction() as session:
-            rows = (await session.execute(text("SELECT id FROM shipments WHERE id = :id"), {"id": order_id})).all()
+            rows = (
+                await session.execute(text("SELECT id FROM shipments WHERE id = :id"), {"id": order_id})
+            ).all()
 
     assert attempts == [1, 2]
     assert len(rows) == 1
