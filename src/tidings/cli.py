@@ -169,5 +169,162 @@ def db_sql(app_reference: str | None, dialect: str | None) -> None:
     click.echo(schema_sql(dialect))
 
 
+@main.group("dead-letter")
+def dead_letter() -> None:
+    """Dead letters: list, show, replay (one, filtered or all) and delete."""
+
+
+def _filter_options(function: Any) -> Any:
+    for option in reversed(
+        [
+            click.option("--endpoint", help="Only this endpoint's dead letters."),
+            click.option("--exception", "exception_type", help="Only this exception type (e.g. ValueError)."),
+            click.option("--header", help="Only with this header value, as name=value (e.g. tenant=acme)."),
+            click.option("--since", type=click.DateTime(), help="Failed at or after this time (UTC)."),
+            click.option("--until", type=click.DateTime(), help="Failed at or before this time (UTC)."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+def _filter(options: dict[str, Any]) -> Any:
+    from datetime import UTC
+
+    from tidings.dead_letter import DeadLetterFilter
+
+    header = None
+    if options.get("header"):
+        name, separator, value = options["header"].partition("=")
+        if not separator:
+            raise click.BadParameter("--header takes name=value, e.g. tenant=acme")
+        header = (name, value)
+    since, until = options.get("since"), options.get("until")
+    return DeadLetterFilter(
+        endpoint=options.get("endpoint"),
+        exception_type=options.get("exception_type"),
+        header=header,
+        since=since.replace(tzinfo=UTC).timestamp() if since else None,
+        until=until.replace(tzinfo=UTC).timestamp() if until else None,
+    )
+
+
+def _with_app(app_reference: str, work: Any) -> Any:
+    app = load_app(app_reference)
+
+    async def run() -> Any:
+        async with app:
+            return await work(app)
+
+    return asyncio.run(run())
+
+
+def _when(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dead_letter.command("list")
+@click.argument("app_reference", metavar="MODULE:APP")
+@_filter_options
+@click.option("--limit", default=50, show_default=True)
+@click.option("--offset", default=0, show_default=True)
+def dead_letter_list(app_reference: str, limit: int, offset: int, **options: Any) -> None:
+    """List dead letters, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    where = _filter(options)
+
+    async def work(app: App) -> tuple[list[Any], int]:
+        return await app.dead_letters.list(where, limit=limit, offset=offset), await app.dead_letters.count(
+            where
+        )
+
+    letters, total = _with_app(app_reference, work)
+    table = Table(title=f"dead letters ({len(letters)} of {total})")
+    for column in ("id", "endpoint", "reason", "exception", "attempts", "last failed (UTC)"):
+        table.add_column(column)
+    for letter in letters:
+        exception = f"{letter.exception_type.rpartition('.')[2]}: {letter.exception_message}"
+        table.add_row(
+            letter.id,
+            letter.endpoint,
+            letter.reason,
+            exception[:80],
+            str(letter.attempts),
+            _when(letter.last_failed_at),
+        )
+    Console().print(table)
+
+
+@dead_letter.command("show")
+@click.argument("app_reference", metavar="MODULE:APP")
+@click.argument("letter_id")
+def dead_letter_show(app_reference: str, letter_id: str) -> None:
+    """Everything about one dead letter: payload, headers, exception and traceback."""
+    letter = _with_app(app_reference, lambda app: app.dead_letters.get(letter_id))
+    if letter is None:
+        raise click.ClickException(f"no dead letter {letter_id}")
+    click.echo(f"id:          {letter.id}")
+    click.echo(f"message id:  {letter.message_id}")
+    click.echo(f"endpoint:    {letter.endpoint} (channel {letter.channel})")
+    click.echo(f"reason:      {letter.reason} after {letter.attempts} attempt(s)")
+    click.echo(f"failed:      first {_when(letter.first_failed_at)}, last {_when(letter.last_failed_at)} UTC")
+    click.echo(f"exception:   {letter.exception_type}: {letter.exception_message}")
+    click.echo("headers:")
+    for name, value in sorted(letter.headers.items()):
+        click.echo(f"  {name}: {value}")
+    click.echo(f"payload:\n  {letter.payload}")
+    click.echo(f"traceback:\n{letter.traceback}")
+
+
+@dead_letter.command("replay")
+@click.argument("app_reference", metavar="MODULE:APP")
+@click.argument("letter_ids", nargs=-1, required=True)
+def dead_letter_replay(app_reference: str, letter_ids: tuple[str, ...]) -> None:
+    """Send dead letters back through their channel to their endpoint, attempts reset."""
+
+    async def work(app: App) -> list[str]:
+        return [letter_id for letter_id in letter_ids if await app.dead_letters.replay(letter_id) is None]
+
+    missing = _with_app(app_reference, work)
+    click.echo(f"replayed {len(letter_ids) - len(missing)} dead letter(s)")
+    if missing:
+        raise click.ClickException(f"not found: {', '.join(missing)}")
+
+
+@dead_letter.command("replay-all")
+@click.argument("app_reference", metavar="MODULE:APP")
+@_filter_options
+def dead_letter_replay_all(app_reference: str, **options: Any) -> None:
+    """Replay every dead letter matching the filters (all of them without filters)."""
+    where = _filter(options)
+    replayed = _with_app(app_reference, lambda app: app.dead_letters.replay_all(where))
+    click.echo(f"replayed {replayed} dead letter(s)")
+
+
+@dead_letter.command("delete")
+@click.argument("app_reference", metavar="MODULE:APP")
+@click.argument("letter_ids", nargs=-1)
+@_filter_options
+@click.option("--all", "delete_all", is_flag=True, help="Delete every dead letter matching the filters.")
+def dead_letter_delete(
+    app_reference: str, letter_ids: tuple[str, ...], delete_all: bool, **options: Any
+) -> None:
+    """Delete dead letters by id, or all that match the filters with --all."""
+    if bool(letter_ids) == delete_all:
+        raise click.UsageError("give dead letter ids, or --all (with optional filters)")
+    where = _filter(options)
+
+    async def work(app: App) -> int:
+        if delete_all:
+            return await app.dead_letters.delete_all(where)
+        return await app.dead_letters.delete(list(letter_ids))
+
+    click.echo(f"deleted {_with_app(app_reference, work)} dead letter(s)")
+
+
 if __name__ == "__main__":
     main()

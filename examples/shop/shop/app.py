@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from tidings import App, Channel, CombinedChannel
+from tidings import App, Backoff, Channel, CombinedChannel, RetryPolicy
 from tidings.channels.sql import SqlChannel
 
 from . import handlers
@@ -40,4 +40,9 @@ app = App(
         CombinedChannel("inventory", ["outbox", "inventory_queue"]),
     ],
     database=DATABASE,
+    services={handlers.Warehouse: handlers.Warehouse()},
+    # Quick retries for the demo: 0.2 s, then 0.4 s, then the dead letter.
+    channel_retry_policies={
+        "notifications": RetryPolicy(max_attempts=3, backoff=Backoff.exponential(0.2, 2, jitter=0))
+    },
 )

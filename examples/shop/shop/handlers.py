@@ -8,7 +8,16 @@ from rich.console import Console
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tidings import EventBus, Header, asynchronous, command_handler, event_handler, query_handler
+from tidings import (
+    EventBus,
+    Header,
+    MessageContext,
+    asynchronous,
+    command_handler,
+    event_handler,
+    query_handler,
+)
+from tidings.headers import REPLAYED
 
 from .messages import OrderCount, OrderPlaced, PlaceOrder
 
@@ -39,6 +48,31 @@ async def send_receipt(event: OrderPlaced, tenant: Annotated[str | None, Header(
         f"  [green]send_receipt[/]  (async, notifications) receipt for {event.order_id} "
         f"to {event.customer} (tenant {tenant})"
     )
+
+
+class Warehouse:
+    """The warehouse's API; offline at first in the demo."""
+
+    def __init__(self) -> None:
+        self.online = False
+
+    def notify(self, order_id: str) -> None:
+        if not self.online:
+            raise ConnectionError("warehouse API unreachable")
+
+
+@asynchronous("notifications")
+@event_handler
+async def notify_warehouse(event: OrderPlaced, warehouse: Warehouse, context: MessageContext) -> None:
+    try:
+        warehouse.notify(event.order_id)
+    except ConnectionError:
+        console.print(
+            f"  [red]notify_warehouse[/] attempt {context.attempt} for {event.order_id}: unreachable"
+        )
+        raise
+    replayed = " (replayed from the dead letter)" if context.headers.get(REPLAYED) else ""
+    console.print(f"  [green]notify_warehouse[/] told the warehouse about {event.order_id}{replayed}")
 
 
 @asynchronous("inventory")
