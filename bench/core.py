@@ -115,7 +115,7 @@ async def asynchronous_publish_and_consume(count: int) -> float:
 WORKLOADS = [
     ("direct call (limit)", direct_call, 200_000),
     ("sync command round trip", command_round_trip, 200_000),
-    ("direct call ×3 (limit)", direct_three_calls, 100_000),
+    ("direct call x3 (limit)", direct_three_calls, 100_000),
     ("event to 3 sync handlers", event_to_three_handlers, 100_000),
     ("async publish + consume, in-memory", asynchronous_publish_and_consume, 50_000),
 ]

@@ -85,6 +85,7 @@ class Dispatcher:
             "event": {},
             "query": {},
         }
+        self._commands_by_class = self._by_class["command"]
 
     def use_send_middleware(self, chain: SendNext) -> None:
         self._send_chain = chain
@@ -149,7 +150,8 @@ class Dispatcher:
         name: str | None,
         options: SendOptions,
     ) -> Any:
-        wire_name, endpoints = self._route("command", message, name)
+        known = self._commands_by_class.get(type(message)) if name is None else None
+        wire_name, endpoints = known or self._route("command", message, name)
         if not endpoints:
             raise HandlerNotFound(
                 f"no handler for command {wire_name} ({type(message).__qualname__}); decorate a "
@@ -253,7 +255,7 @@ class Dispatcher:
         ):
             # Routed by name with a payload of another shape: convert through the wire format.
             message = endpoint.decode(self._encode(message, headers), headers.get(h.MESSAGE_NAME))
-        context = MessageContext(self.app, endpoint, headers, message=message)
+        context = MessageContext(self.app, endpoint, headers, message)
         token = current_context.set(context)
         try:
             if endpoint.bare:

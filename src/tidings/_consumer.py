@@ -329,14 +329,8 @@ class Consumer:
                     f"(renamed or removed handler?)",
                     envelope=delivery.envelope,
                 )
-            context = MessageContext(
-                app,
-                endpoint,
-                headers,
-                envelope=delivery.envelope,
-                delivery=delivery,
-                channel=channel.name,
-                raise_errors=self.raise_errors,
+            context = MessageContext.for_delivery(
+                app, endpoint, delivery, channel.name, raise_errors=self.raise_errors
             )
             pending: list[Outgoing] = []
             sends_token = pending_sends.set(pending)

@@ -28,40 +28,34 @@ class MessageContext:
     first argument. `scope` holds per-handling resources (a database session, a dedup key, ...).
     """
 
-    __slots__ = (
-        "_message",
-        "_scope",
-        "app",
-        "channel",
-        "delivery",
-        "endpoint",
-        "envelope",
-        "headers",
-        "raise_errors",
-    )
+    # Optional fields are class-level defaults, so that the inline path only sets four attributes.
+    envelope: Envelope | None = None
+    delivery: Delivery | None = None
+    channel: str | None = None
+    #: Set by test consumers: failures propagate instead of being retried or dead-lettered.
+    raise_errors: bool = False
+    _scope: dict[str, Any] | None = None
 
     def __init__(
-        self,
-        app: App,
-        endpoint: Endpoint,
-        headers: dict[str, str],
-        *,
-        message: Any = _UNDECODED,
-        envelope: Envelope | None = None,
-        delivery: Delivery | None = None,
-        channel: str | None = None,
-        raise_errors: bool = False,
+        self, app: App, endpoint: Endpoint, headers: dict[str, str], message: Any = _UNDECODED
     ) -> None:
         self.app = app
         self.endpoint = endpoint
         self.headers = headers
-        self.envelope = envelope
-        self.delivery = delivery
-        self.channel = channel
-        #: Set by test consumers: failures propagate instead of being retried or dead-lettered.
-        self.raise_errors = raise_errors
-        self._scope: dict[str, Any] | None = None
         self._message = message
+
+    @classmethod
+    def for_delivery(
+        cls, app: App, endpoint: Endpoint, delivery: Delivery, channel: str, *, raise_errors: bool
+    ) -> MessageContext:
+        """The context of a message received from a channel, decoded when first asked for."""
+        context = cls(app, endpoint, delivery.envelope.headers)
+        context.envelope = delivery.envelope
+        context.delivery = delivery
+        context.channel = channel
+        if raise_errors:
+            context.raise_errors = True
+        return context
 
     def __repr__(self) -> str:
         return f"MessageContext(endpoint={self.endpoint.id!r}, message_id={self.message_id!r})"

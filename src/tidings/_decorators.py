@@ -56,11 +56,11 @@ class HandlerSpec:
 
 def spec_of(function: Callable[..., Any]) -> HandlerSpec:
     """The spec attached to `function`, attached fresh if there is none yet."""
-    spec = function.__dict__.get(_SPEC_ATTRIBUTE)
+    spec: HandlerSpec | None = function.__dict__.get(_SPEC_ATTRIBUTE)
     if spec is None:
         spec = HandlerSpec()
         setattr(function, _SPEC_ATTRIBUTE, spec)
-    return spec  # type: ignore[no-any-return]
+    return spec
 
 
 def find_spec(function: Any) -> HandlerSpec | None:

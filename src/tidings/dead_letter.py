@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from tidings._app import App
 
 __all__ = [
+    "EVERY_DEAD_LETTER",
     "DeadLetter",
     "DeadLetterFilter",
     "DeadLetterStore",
@@ -123,6 +124,10 @@ class DeadLetterFilter:
         return self.until is None or letter.last_failed_at <= self.until
 
 
+#: Matches every dead letter.
+EVERY_DEAD_LETTER = DeadLetterFilter()
+
+
 class DeadLetterStore(Protocol):
     """Keeps dead letters. Implementations: in memory (tests) and a table in the app's database."""
 
@@ -160,7 +165,7 @@ class InMemoryDeadLetterStore:
         self._letters[letter.id] = letter
 
     async def list(
-        self, where: DeadLetterFilter = DeadLetterFilter(), *, limit: int = 100, offset: int = 0
+        self, where: DeadLetterFilter = EVERY_DEAD_LETTER, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
         found = [letter for letter in self._letters.values() if where.matches(letter)]
         found.sort(key=lambda letter: (letter.last_failed_at, letter.id), reverse=True)
@@ -172,7 +177,7 @@ class InMemoryDeadLetterStore:
     async def delete(self, letter_ids: Sequence[str]) -> int:
         return sum(self._letters.pop(letter_id, None) is not None for letter_id in letter_ids)
 
-    async def count(self, where: DeadLetterFilter = DeadLetterFilter()) -> int:
+    async def count(self, where: DeadLetterFilter = EVERY_DEAD_LETTER) -> int:
         return sum(where.matches(letter) for letter in self._letters.values())
 
 
@@ -185,11 +190,11 @@ class DeadLetters:
         self.store = store
 
     async def list(
-        self, where: DeadLetterFilter = DeadLetterFilter(), *, limit: int = 100, offset: int = 0
+        self, where: DeadLetterFilter = EVERY_DEAD_LETTER, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
         return await self.store.list(where, limit=limit, offset=offset)
 
-    async def count(self, where: DeadLetterFilter = DeadLetterFilter()) -> int:
+    async def count(self, where: DeadLetterFilter = EVERY_DEAD_LETTER) -> int:
         return await self.store.count(where)
 
     async def get(self, letter_id: str) -> DeadLetter | None:
@@ -203,7 +208,7 @@ class DeadLetters:
         await self._send_back([letter])
         return letter
 
-    async def replay_all(self, where: DeadLetterFilter = DeadLetterFilter(), *, batch: int = 100) -> int:
+    async def replay_all(self, where: DeadLetterFilter = EVERY_DEAD_LETTER, *, batch: int = 100) -> int:
         """Replay every matching dead letter; returns how many went back."""
         replayed = 0
         while letters := await self.store.list(where, limit=batch):
@@ -214,7 +219,7 @@ class DeadLetters:
     async def delete(self, letter_ids: Sequence[str]) -> int:
         return await self.store.delete(letter_ids)
 
-    async def delete_all(self, where: DeadLetterFilter = DeadLetterFilter()) -> int:
+    async def delete_all(self, where: DeadLetterFilter = EVERY_DEAD_LETTER) -> int:
         deleted = 0
         while letters := await self.store.list(where, limit=500):
             deleted += await self.store.delete([letter.id for letter in letters])

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tidings.dead_letter import DeadLetter, DeadLetterFilter
+from tidings.dead_letter import EVERY_DEAD_LETTER, DeadLetter, DeadLetterFilter
 from tidings.sql._database import Database
 from tidings.sql._schema import _Body, _Json, metadata
 from tidings.sql._scope import current_scope
@@ -153,7 +153,7 @@ class SqlDeadLetterStore:
         return conditions
 
     async def list(
-        self, where: DeadLetterFilter = DeadLetterFilter(), *, limit: int = 100, offset: int = 0
+        self, where: DeadLetterFilter = EVERY_DEAD_LETTER, *, limit: int = 100, offset: int = 0
     ) -> list[DeadLetter]:
         query = (
             select(dead_letters)
@@ -185,7 +185,7 @@ class SqlDeadLetterStore:
             )
         return int(result.rowcount)
 
-    async def count(self, where: DeadLetterFilter = DeadLetterFilter()) -> int:
+    async def count(self, where: DeadLetterFilter = EVERY_DEAD_LETTER) -> int:
         if where.header is not None:
             return len(await self.list(where, limit=2**31))
         async with self.database.reading() as connection:
