@@ -443,7 +443,8 @@ class NatsChannel(Channel):
                     early.append(b'-NAK {"delay":%d}' % int(wait * 1e9))
                     early_counts[sequence] = early_counts.pop(sequence, 0) + 1
                     continue
-                delivered -= early_counts.pop(sequence, 0)
+            if early_counts:
+                delivered -= early_counts.get(sequence, 0)
             deliveries.append(Delivery(envelope, reply, max(delivered, 1)))
         if early:
             while len(early_counts) > _EARLY_MEMORY:
@@ -469,10 +470,14 @@ class NatsChannel(Channel):
     # -- settling ---------------------------------------------------------------------------------
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if deliveries:
-            await self._settle([delivery.receipt for delivery in deliveries], _ACK, release=True)
-        else:
+        if not deliveries:
             self._require()
+            return
+        replies = [delivery.receipt for delivery in deliveries]
+        if self._early:  # acked messages are gone: their early deliveries need no correcting
+            for reply in replies:
+                self._early.pop(delivery_fields(reply)[1], None)
+        await self._settle(replies, _ACK, release=True)
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         if not deliveries:
@@ -501,8 +506,7 @@ class NatsChannel(Channel):
         from nats.errors import Error as NatsError
 
         if release:
-            for reply in replies:
-                self._extended.pop(reply, None)
+            self._forget(replies)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_for_broker
         last = replies[-1]
@@ -528,6 +532,13 @@ class NatsChannel(Channel):
             f"{len(replies)} deliveries of channel {self.name!r}",
             channel=self.name,
         )
+
+    def _forget(self, replies: list[str]) -> None:
+        """Stop extending the leases of deliveries that are settled."""
+        extended = self._extended
+        if extended:
+            for reply in replies:
+                extended.pop(reply, None)
 
     async def _keep_leases(self) -> None:
         """Repeat `+WPI` for leases extended beyond one `ack_wait` until they are due."""
