@@ -224,7 +224,7 @@ async def pika_latency(url: str, rate: float, count: int) -> list[float]:
             if len(latencies) == count:
                 done.set()
 
-        await queue.consume(on_message)
+        tag = await queue.consume(on_message)
         started = time.perf_counter()
         for n, message in enumerate(envelopes(count)):
             await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
@@ -234,6 +234,7 @@ async def pika_latency(url: str, rate: float, count: int) -> list[float]:
                 routing_key=queue.name,
             )
         await asyncio.wait_for(done.wait(), timeout=30)
+        await queue.cancel(tag)
         await queue.delete(if_unused=False, if_empty=False)
     finally:
         await connection.close()

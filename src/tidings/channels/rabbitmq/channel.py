@@ -401,9 +401,9 @@ class RabbitMQChannel(Channel):
         """Lease up to `max_messages` messages, highest priority first, waiting up to `timeout`."""
         if not self._consuming:
             await self._start_consuming()
-        if not self._buffered:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
             while not self._buffered:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -413,17 +413,18 @@ class RabbitMQChannel(Channel):
                         await self._arrived.wait()
                 except TimeoutError:
                     return []
-        # Deliveries already read from the socket wait in callback tasks that have not run yet: let
-        # them in while they keep coming, so that a busy queue is received (and acked) in full
-        # batches rather than a few messages at a time. On a quiet queue this costs one loop turn.
-        for _ in range(_GATHER_TURNS):
-            if self._buffered >= max_messages:
-                break
-            before = self._buffered
-            await asyncio.sleep(0)
-            if self._buffered == before:
-                break
-        return self._lease(max_messages)
+            # Deliveries already read from the socket wait in callback tasks that have not run yet:
+            # let them in while they keep coming, so that a busy queue is received (and acked) in
+            # full batches rather than a few messages at a time. A quiet queue costs one loop turn.
+            for _ in range(_GATHER_TURNS):
+                if self._buffered >= max_messages:
+                    break
+                before = self._buffered
+                await asyncio.sleep(0)
+                if self._buffered == before:
+                    break
+            if self._buffered:  # unless a concurrent receive took them meanwhile
+                return self._lease(max_messages)
 
     async def _start_consuming(self) -> None:
         # Consuming starts with the first receive, so that a channel only sent to holds no messages.
