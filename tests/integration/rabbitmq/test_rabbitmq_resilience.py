@@ -150,3 +150,24 @@ async def test_sends_in_flight_when_the_connection_is_killed_are_published_again
 
     assert seen == set(range(sent))
     assert await wait_for_connection(connection_name) != [original]
+
+
+@pytest.mark.slow
+async def test_closing_the_channel_ends_a_send_waiting_for_the_broker(
+    open_channel: OpenChannel, private_node: PrivateNode
+) -> None:
+    from tidings.exceptions import ChannelUnavailable
+
+    channel = await open_channel(url=private_node.url)
+    await private_node.stop_app()
+    try:
+        sending = asyncio.ensure_future(channel.send([envelope(1)]))
+        await asyncio.sleep(0.5)
+        assert not sending.done()
+
+        await channel.close()
+
+        with pytest.raises(ChannelUnavailable):
+            await asyncio.wait_for(sending, timeout=2.0)
+    finally:
+        await private_node.start_app()

@@ -174,7 +174,8 @@ class RabbitMQChannel(Channel):
                 task.cancel()
         self._lease_watcher = self._reconnector = None
         link, self._link = self._link, None
-        self._linked.clear()
+        # Wakes sends waiting for a reconnect, which then see the channel closed.
+        self._linked.set()
         self._forget_received()
         self._consuming = False
         if link is not None:
