@@ -72,8 +72,11 @@ def _install_fauxqs() -> None:
             raise ServerUnavailable(f"`npm ci` in {HERE} failed: {done.stderr.strip()[-2000:]}")
 
 
-def start_fauxqs() -> SqsServer:
-    """Install (if needed) and start fauxqs on 127.0.0.1; raises ServerUnavailable with the reason."""
+def start_fauxqs(port: int = 0) -> SqsServer:
+    """Install (if needed) and start fauxqs on 127.0.0.1 (on `port`, or a free one when 0).
+
+    Raises ServerUnavailable with the reason when it cannot.
+    """
     node = shutil.which("node")
     if node is None:
         raise ServerUnavailable("Node.js is not installed, so fauxqs cannot run")
@@ -85,6 +88,7 @@ def start_fauxqs() -> SqsServer:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
+        env={**os.environ, "SQS_SERVER_PORT": str(port)},
     )
     assert process.stdout is not None
     line = b""

@@ -3,9 +3,9 @@
 //   node serve.mjs            (after `npm ci` in this folder)
 //
 // fauxqs always asks to listen on every interface, so every listen() of this process is narrowed to
-// loopback before fauxqs is loaded. The port is chosen by the system; the first line on stdout is
-// {"port": N} once the server accepts requests. The server exits when its stdin closes, so it never
-// outlives the test process that started it.
+// loopback before fauxqs is loaded. The port is SQS_SERVER_PORT, or one the system picks when that
+// is unset or 0; the first line on stdout is {"port": N} once the server accepts requests. The
+// server exits when its stdin closes, so it never outlives the test process that started it.
 import { register } from "node:module";
 import net from "node:net";
 
@@ -33,7 +33,8 @@ net.Server.prototype.listen = function (...args) {
 };
 
 const { startFauxqs } = await import("fauxqs");
-const server = await startFauxqs({ port: 0, host: "127.0.0.1", logger: false });
+const port = Number.parseInt(process.env.SQS_SERVER_PORT ?? "0", 10);
+const server = await startFauxqs({ port, host: "127.0.0.1", logger: false });
 process.stdout.write(JSON.stringify({ port: server.port }) + "\n");
 
 process.stdin.on("end", () => process.exit(0));

@@ -1,11 +1,13 @@
 """How an envelope is laid out as an SQS message.
 
 - The body travels as the message body, unchanged, when it is UTF-8 text that SQS accepts (JSON
-  payloads always are), so that other SQS tools see the payload as it is. Anything else (binary
-  data, control characters) travels base64-encoded, flagged by the `tidings.body-encoding`
+  payloads nearly always are), so that other SQS tools see the payload as it is. Anything else
+  (binary data, control characters, characters beyond U+FFFF such as emoji, which some
+  SQS-compatible servers refuse) travels base64-encoded, flagged by the `tidings.body-encoding`
   attribute; an empty body, which SQS refuses, is flagged as `empty`.
 - All tidings headers travel together as one JSON object in the `tidings.headers` string attribute:
-  SQS allows only 10 message attributes, and one attribute keeps any number of headers.
+  SQS allows only 10 message attributes, and one attribute keeps any number of headers. Headers
+  with characters beyond U+FFFF are written with JSON escapes.
 
 A message without these attributes (sent by another SQS producer) is read as a body with no headers.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import uuid
 from typing import Any, Final
@@ -37,8 +40,11 @@ BODY_ENCODING: Final = "tidings.body-encoding"
 #: The message attributes a receive asks for.
 ATTRIBUTE_NAMES: Final = [HEADERS, BODY_ENCODING]
 
-#: Characters SQS refuses in a message body (it takes XML 1.0 characters only).
-_NOT_SQS_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+#: Characters SQS refuses in a message body or attribute (it takes XML 1.0 characters only), and
+#: those outside the Basic Multilingual Plane, which AWS takes but some SQS-compatible servers refuse.
+_NOT_SQS_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\U00010000-\U0010ffff]")
+#: The same in UTF-8 JSON, where control characters are escaped already.
+_NOT_SQS_JSON: Final = re.compile(rb"[\xf0-\xf4]|\xef\xbf[\xbe\xbf]")
 #: What SQS accepts as a message group or deduplication id.
 _SQS_ID: Final = re.compile(r"[!-~]{1,128}")
 
@@ -74,6 +80,8 @@ def encode(envelope: Envelope) -> tuple[str, dict[str, Any], int]:
         size = 40
     if envelope.headers:
         encoded = _encode_headers(envelope.headers)
+        if _NOT_SQS_JSON.search(encoded) is not None:
+            encoded = json.dumps(envelope.headers, ensure_ascii=True).encode()
         attributes[HEADERS] = _string(encoded.decode())
         size += len(encoded) + 30
     return text, attributes, size

@@ -47,7 +47,7 @@ def open_client(
         connect_timeout=5,
         # Above SQS's longest long poll (20 s), so a waiting receive is never cut off.
         read_timeout=40,
-        retries={"mode": "standard", "max_attempts": 4},
+        retries={"mode": "standard", "max_attempts": 3},
         max_pool_connections=max_connections,
     )
     return _session.create_client(

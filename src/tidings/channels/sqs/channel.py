@@ -26,6 +26,10 @@ How messages move (see `_codec` for how an envelope is laid out as an SQS messag
 - `delivery_count` is SQS's `ApproximateReceiveCount`.
 - A receive that times out, or is cancelled, while its long poll is on the wire leaves the poll
   running: what it brings is kept (leased) for the next receive, and `close` gives it back.
+- A server that cannot be reached is retried with backoff for `reconnect_timeout` seconds (after
+  botocore's own quick retries) before an operation raises `ChannelUnavailable`; `connect` does not
+  wait that long. Retrying a send whose reply was lost may store a message twice, which
+  deduplication absorbs (FIFO queues drop the copy themselves).
 
 Not natively possible, and how the channel says so:
 
@@ -90,6 +94,9 @@ _LONGEST_DELAY: Final = 900
 _HOLD_LIMIT: Final = 2.0
 #: How long `close` waits for a long poll still on the wire before cutting it off.
 _CLOSE_WAIT: Final = 2.0
+#: Backoff between calls while the server cannot be reached (botocore retries briefly before that).
+_FIRST_BACKOFF: Final = 0.1
+_MAX_BACKOFF: Final = 2.0
 #: Retries of batch entries that SQS failed on its side.
 _ENTRY_RETRIES: Final = 2
 _RETENTION: Final = "1209600"
@@ -148,6 +155,7 @@ class SqsChannel(Channel):
         aws_secret_access_key: str | None = None,
         aws_session_token: str | None = None,
         max_connections: int = 32,
+        reconnect_timeout: float = 30.0,
     ) -> None:
         super().__init__(name, lease_seconds=lease_seconds)
         try:
@@ -176,6 +184,7 @@ class SqsChannel(Channel):
         self.create_queue = create_queue
         self.queue_attributes = dict(queue_attributes or {})
         self.max_connections = max_connections
+        self.reconnect_timeout = reconnect_timeout
         if fifo:
             self.capabilities = Capabilities(delay=True, priority=False, max_delay=None, ordered=True)
         self._credentials = {
@@ -277,23 +286,32 @@ class SqsChannel(Channel):
         )
 
     async def _call(self, operation: str, **parameters: Any) -> Any:
-        """Call SQS on this channel's queue; a queue that vanished is created again, once."""
+        """Call SQS on this channel's queue, riding out a lost server for `reconnect_timeout`.
+
+        A queue that vanished (a test server restarted) is created again, once per call.
+        """
         client = self._connected()
-        for attempt in (1, 2):
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        backoff = _FIRST_BACKOFF
+        recreated = False
+        while True:
             try:
                 return await getattr(client, operation)(QueueUrl=self._queue_url, **parameters)
             except self._driver.UNREACHABLE_ERRORS as error:
-                raise self._unavailable(error) from error
+                # botocore has retried already; keep trying a while, as the server may be restarting.
+                deadline = deadline or loop.time() + self.reconnect_timeout
+                if self._closing or loop.time() + backoff > deadline:
+                    raise self._unavailable(error) from error
+                logger.warning("SQS for %r cannot be reached (%s); retrying", self, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
             except self._driver.ClientError as error:
-                if (
-                    attempt == 2
-                    or not self.create_queue
-                    or self._driver.error_code(error) not in _MISSING_QUEUE
-                ):
+                if recreated or not self.create_queue or self._driver.error_code(error) not in _MISSING_QUEUE:
                     raise
                 logger.warning("SQS queue %s is gone; creating it again", self.queue_name)
                 self._queue_url = await self._declare(client)
-        raise AssertionError("unreachable")
+                recreated = True
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -345,11 +363,15 @@ class SqsChannel(Channel):
         results = await asyncio.gather(
             *(self._send_batch(batch) for batch in batches), return_exceptions=True
         )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        unreachable = [result for result in results if isinstance(result, ChannelUnavailable)]
+        if len(unreachable) == len(results):
+            raise unreachable[0]  # nothing was sent: the server is the problem, not the messages
         refused: list[tuple[int, str]] = []
         for batch, result in zip(batches, results, strict=True):
             if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
                 refused += [(int(entry["Id"]), str(result)) for entry in batch]
             else:
                 refused += result
@@ -388,7 +410,13 @@ class SqsChannel(Channel):
             if remaining <= 0 and not first:
                 return []
             poll = self._poll
-            if poll is None or poll.done():
+            if poll is not None and poll.done():
+                # Left by an earlier receive: what it failed with is this receive's error.
+                self._poll = None
+                if not poll.cancelled() and (error := poll.exception()) is not None:
+                    raise error
+                poll = None
+            if poll is None:
                 wait = min(_LONGEST_POLL, math.ceil(remaining)) if remaining > 0 else 0
                 poll = self._poll = asyncio.ensure_future(self._fetch(max_messages, wait))
                 poll.add_done_callback(_observe)
@@ -599,9 +627,9 @@ class SqsChannel(Channel):
             await self._change_visibility(deliveries, 0)
             return
         # SQS counts its 12-hour visibility cap from the receive: past it, send the message anew.
-        latest = asyncio.get_running_loop().time() + _LONGEST_VISIBILITY - 60 - seconds
-        hidden = [delivery for delivery in deliveries if delivery.receipt.received_at <= latest]
-        resent = [delivery for delivery in deliveries if delivery.receipt.received_at > latest]
+        earliest = asyncio.get_running_loop().time() - (_LONGEST_VISIBILITY - 60 - seconds)
+        hidden = [delivery for delivery in deliveries if delivery.receipt.received_at >= earliest]
+        resent = [delivery for delivery in deliveries if delivery.receipt.received_at < earliest]
         if hidden:
             await self._change_visibility(hidden, seconds)
         if resent:
