@@ -178,6 +178,7 @@ def _filter_options(function: Any) -> Any:
     for option in reversed(
         [
             click.option("--endpoint", help="Only this endpoint's dead letters."),
+            click.option("--channel", help="Only dead letters from this channel."),
             click.option("--exception", "exception_type", help="Only this exception type (e.g. ValueError)."),
             click.option("--header", help="Only with this header value, as name=value (e.g. tenant=acme)."),
             click.option("--since", type=click.DateTime(), help="Failed at or after this time (UTC)."),
@@ -202,6 +203,7 @@ def _filter(options: dict[str, Any]) -> Any:
     since, until = options.get("since"), options.get("until")
     return DeadLetterFilter(
         endpoint=options.get("endpoint"),
+        channel=options.get("channel"),
         exception_type=options.get("exception_type"),
         header=header,
         since=since.replace(tzinfo=UTC).timestamp() if since else None,

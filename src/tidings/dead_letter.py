@@ -103,6 +103,7 @@ class DeadLetterFilter:
     """Which dead letters an operation applies to; every field given must match."""
 
     endpoint: str | None = None
+    channel: str | None = None
     #: Matches the exception's qualified name or its last part (`ValueError`).
     exception_type: str | None = None
     header: tuple[str, str] | None = None
@@ -111,6 +112,8 @@ class DeadLetterFilter:
 
     def matches(self, letter: DeadLetter) -> bool:
         if self.endpoint is not None and letter.endpoint != self.endpoint:
+            return False
+        if self.channel is not None and letter.channel != self.channel:
             return False
         if self.exception_type is not None and self.exception_type not in (
             letter.exception_type,

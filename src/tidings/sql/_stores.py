@@ -136,6 +136,8 @@ class SqlDeadLetterStore:
         conditions: list[Any] = []
         if where.endpoint is not None:
             conditions.append(dead_letters.c.endpoint == where.endpoint)
+        if where.channel is not None:
+            conditions.append(dead_letters.c.channel == where.channel)
         if where.exception_type is not None:
             conditions.append(
                 or_(
