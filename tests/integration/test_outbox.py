@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-
 from tests.conftest import require_service
+
 from tidings import (
     App,
     CombinedChannel,
