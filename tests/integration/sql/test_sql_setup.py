@@ -17,6 +17,7 @@ from tidings._clock import SystemClock
 from tidings._message import Envelope
 from tidings.channels.base import ChannelEnvironment
 from tidings.channels.sql import SqlChannel
+from tidings.channels.sql._wakeup import wakeups_for
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
 from tidings.sql import SCHEMA_VERSION, Database, DatabaseUnavailable, SchemaMissing
 
@@ -237,6 +238,7 @@ async def test_a_consumer_of_another_process_wakes_on_notify_without_polling() -
     await sender.connect(environment)
     await consumer.connect(environment)
     try:
+        assert wakeups_for(consumer_db).listening
         latencies = []
         for n in range(5):
             waiting = asyncio.ensure_future(consumer.receive(1, timeout=10.0))

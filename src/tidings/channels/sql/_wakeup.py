@@ -149,9 +149,10 @@ class Wakeups:
         # A connection of the app's engine (same credentials and options), taken out of its pool for good.
         connection = await self._database.engine.connect()
         raw = await connection.get_raw_connection()
+        driver = raw.driver_connection  # read before detaching: detached proxies forget it
         raw.detach()
         self._connection = connection
-        self._driver = raw.driver_connection
+        self._driver = driver
 
     async def _disconnect(self) -> None:
         connection, self._connection, self._driver = self._connection, None, None

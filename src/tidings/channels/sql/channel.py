@@ -10,13 +10,12 @@ from typing import Any, TypeVar, final
 
 import msgspec
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings._clock import Clock, SystemClock
 from tidings._message import Envelope
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
-from tidings.channels.sql._queue import ClaimedRow, NewRow, Queue, queue_for
+from tidings.channels.sql._queue import NewRow, Queue, queue_for
 from tidings.channels.sql._wakeup import Signal, Wakeups, wakeups_for
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
 from tidings.sql import Database, DatabaseUnavailable, TransactionScope, current_scope
@@ -107,6 +106,9 @@ class SqlChannel(Channel):
             await self._wakeups.listen(self.name)
             self._listening = database.backend == "postgresql"
         except BaseException:
+            if self._queue is not None:
+                queue, self._queue = self._queue, None
+                await queue.close()
             await release_database(environment.extensions, database)
             raise
         self._database = database
@@ -119,6 +121,9 @@ class SqlChannel(Channel):
             with contextlib.suppress(Exception):
                 await self._wakeups.unlisten(self.name)
         self._listening = False
+        if self._queue is not None:
+            queue, self._queue = self._queue, None
+            await queue.close()
         await release_database(self._extensions, database)
 
     # Sending
@@ -186,21 +191,23 @@ class SqlChannel(Channel):
     async def _claim(self, queue: Queue, max_messages: int) -> list[Delivery]:
         now = self._clock.now()
         token = random.getrandbits(63)
-        rows: list[ClaimedRow] = await self._call(
-            lambda: queue.claim(self.name, now, now + self.lease_seconds, token, max_messages)
-        )
-        if not rows:
-            return []
-        rows.sort(key=lambda row: (-row[1], row[0]))
+        claim = queue.claim
+        try:
+            rows = await claim(self.name, now, now + self.lease_seconds, token, max_messages)
+        except Exception as exc:
+            rows = await self._retry(
+                exc, lambda: claim(self.name, now, now + self.lease_seconds, token, max_messages)
+            )
+        decode = _decode_headers
         return [
-            Delivery(Envelope(bytes(row[3]), _decode_headers(row[2])), (row[0], token), row[4])
-            for row in rows
+            Delivery(Envelope(body, decode(headers)), (row_id, token), count)
+            for row_id, _priority, headers, body, count in rows
         ]
 
     async def _wait(self, queue: Queue, signal: Signal, seen: int, remaining: float) -> None:
         """Sleep until a message may be due: a wake-up, the next due time, or the next poll."""
-        next_due = await self._call(lambda: queue.next_due(self.name))
         now = self._clock.now()
+        next_due = await self._call(lambda: queue.next_due(self.name, now))
         if next_due is not None and next_due <= now:
             # Due rows exist but another consumer holds them mid-claim: look again soon.
             pause = _FIRST_PAUSE
@@ -234,7 +241,10 @@ class SqlChannel(Channel):
             return
         queue = self._connected_queue()
         ids, tokens = self._receipts(deliveries)
-        await self._call(lambda: queue.delete(ids, tokens))
+        try:
+            await queue.delete(ids, tokens)
+        except Exception as exc:
+            await self._retry(exc, lambda: queue.delete(ids, tokens))
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         if not deliveries:
@@ -270,18 +280,21 @@ class SqlChannel(Channel):
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run one operation; a dropped connection is retried once on a fresh one, then reported."""
-        for attempt in (1, 2):
-            try:
-                return await operation()
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-                if attempt == 2:
-                    raise self._unavailable(exc) from exc
-            except OSError as exc:
-                if attempt == 2:
-                    raise self._unavailable(exc) from exc
-        raise AssertionError("unreachable")
+        try:
+            return await operation()
+        except Exception as exc:
+            return await self._retry(exc, operation)
+
+    async def _retry(self, failure: Exception, operation: Callable[[], Awaitable[T]]) -> T:
+        queue = self._connected_queue()
+        if not queue.is_connection_lost(failure):
+            raise failure
+        try:
+            return await operation()
+        except Exception as exc:
+            if queue.is_connection_lost(exc):
+                raise self._unavailable(exc) from exc
+            raise
 
     def _unavailable(self, exc: BaseException) -> ChannelUnavailable:
         database = self.database
