@@ -86,7 +86,9 @@ _Outgoing = tuple[bytes, str, str, "Basic.Properties", Envelope]
 class RabbitMQChannel(Channel):
     """A channel backed by a durable RabbitMQ queue, with delays, priority, TTL and leases.
 
-    `prefetch` bounds how many messages the broker hands this consumer ahead of `receive`;
+    `prefetch` bounds the messages this consumer holds unacked, received or still buffered (it also
+    caps how many deliveries can be leased at once; fewer spreads slow messages more evenly over
+    workers);
     `max_priority` is the queue's `x-max-priority` (priorities above it count as it, below 0 as 0);
     `wait_for_broker` is how long `send` waits for a lost connection to come back, or for the
     confirms of a batch, before it raises `ChannelUnavailable`.
