@@ -1,5 +1,9 @@
 """A channel on RabbitMQ (AMQP 0-9-1), spoken through aiormq.
 
+aiormq rather than aio-pika (which is built on it): the channel needs what aio-pika wraps away (one
+socket write per batch of publishes, plain delivery callbacks without a message object each), and
+measured faster that way (`bench/rabbitmq_channel.py`).
+
 What maps onto what:
 
 - **Queue.** One durable work queue named after the channel, with `x-max-priority`; messages are
@@ -16,8 +20,9 @@ What maps onto what:
   channel that holds it closes (the consumer crashed). A lease is therefore kept here, on the app's
   clock: a delivery not settled within `lease_seconds` is rejected with requeue, so it is delivered
   again, and `extend_lease` pushes that deadline.
-- **Acks.** Batched: `multiple=True` on the highest tag when every lower unsettled tag is in the batch,
-  never covering a message before it was handed to `ack`.
+- **Acks.** Batched: `multiple=True` on the highest tag when every lower unsettled tag is settled too,
+  never covering a message before it was handed to `ack`. Frames are written on the next loop turn,
+  so acks from concurrent handlers coalesce into one frame.
 - **Reconnects.** A lost connection is reopened with backoff, the topology declared again and the
   consumer resubscribed. Deliveries received on the lost connection are dropped locally (the broker
   redelivers them); acking them later is a no-op.
