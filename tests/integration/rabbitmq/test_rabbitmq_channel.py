@@ -85,10 +85,55 @@ def test_the_ledger_settles_with_one_frame_only_what_is_in_the_batch() -> None:
     assert ledger.settle([1, 2, 3, 4, 6]) == (4, [6])
     # 5 closes the gap: it and 7, 8 (6 already settled) are covered by one frame at 8.
     assert ledger.settle([8, 7, 5]) == (8, [])
-    # A lone tag needs no `multiple`.
-    assert ledger.settle([9]) == (None, [9])
+    # Every lower tag is settled, so even a lone tag may go as `multiple`.
+    assert ledger.settle([9]) == (9, [])
     assert len(ledger) == 1
     assert 10 in ledger
+
+
+class _RecordingChannel:
+    """Stands in for an aiormq channel: records the settle frames written."""
+
+    publisher_confirms = False
+    is_closed = False
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, int, bool]] = []
+
+    async def basic_ack(self, tag: int, multiple: bool = False, wait: bool = True) -> None:
+        self.frames.append(("ack", tag, multiple))
+
+    async def basic_nack(
+        self, tag: int, multiple: bool = False, requeue: bool = True, wait: bool = True
+    ) -> None:
+        self.frames.append(("requeue", tag, multiple))
+
+
+async def test_settles_within_one_loop_turn_coalesce_into_the_fewest_frames_in_order() -> None:
+    from tidings.channels.rabbitmq._link import ACK, REQUEUE, Link, Receipt
+
+    recorder = _RecordingChannel()
+    link = Link(recorder, recorder, recorder)  # type: ignore[arg-type]
+    receipts = {tag: Receipt(link, tag) for tag in range(1, 11)}
+    for tag in receipts:
+        link.ledger.add(tag)
+
+    # As concurrent handlers would: each acks its own message.
+    for tag in (2, 1, 3, 4):
+        link.settle([receipts[tag]], ACK)
+    link.settle([receipts[6]], ACK)  # 5 is still being handled: 6 cannot be covered yet
+    link.settle([receipts[5]], REQUEUE)
+    link.settle([receipts[8], receipts[7]], ACK)
+    link.settle([receipts[4]], ACK)  # settled already: nothing more
+    await link.flush()
+
+    assert recorder.frames == [
+        ("ack", 4, True),
+        ("ack", 6, False),
+        ("requeue", 5, True),
+        ("ack", 8, True),
+    ]
+    assert len(link.ledger) == 2
 
 
 # -- against the broker ----------------------------------------------------------------------------

@@ -55,8 +55,4 @@ class Ledger:
                     upto = tag
             else:
                 singles.append(tag)
-        if upto is not None and len(batch) - len(singles) == 1:
-            # One tag alone needs no `multiple`; sending it plainly is the same frame, and clearer.
-            singles.append(upto)
-            upto = None
         return upto, singles
