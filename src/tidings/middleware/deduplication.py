@@ -84,12 +84,6 @@ class InMemoryDeduplicationStore:
         return len(old)
 
 
-class _KeyLock(asyncio.Lock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.users = 0
-
-
 @final
 @dataclass(frozen=True)
 class _Deduplication:
@@ -138,13 +132,21 @@ class DeduplicationMiddleware(Middleware):
         self.in_transaction = in_transaction
         self._next_purge = 0.0
         self._purging: asyncio.Task[None] | None = None
-        self._locks: dict[tuple[str, str], _KeyLock] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Future[None] | None] = {}
+        self._rules: dict[str, tuple[_Deduplication | None, str]] = {}
 
     def applies_to(self, endpoint: Endpoint) -> bool:
         return _OPTION in endpoint.options or (self.by_default and endpoint.is_asynchronous)
 
-    def _key(self, context: MessageContext) -> str | None:
-        rule: _Deduplication | None = context.endpoint.options.get(_OPTION)
+    def _rule(self, endpoint: Endpoint) -> tuple[_Deduplication | None, str]:
+        known = self._rules.get(endpoint.id)
+        if known is None:
+            rule: _Deduplication | None = endpoint.options.get(_OPTION)
+            known = self._rules[endpoint.id] = (rule, (rule.tracking_name if rule else None) or endpoint.id)
+        return known
+
+    @staticmethod
+    def _key(rule: _Deduplication | None, context: MessageContext) -> str | None:
         if rule is None or (rule.header is None and rule.key is None):
             return context.message_id or None
         if rule.header is not None:
@@ -153,45 +155,43 @@ class DeduplicationMiddleware(Middleware):
         return str(rule.key(context.message))
 
     async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        key = self._key(context)
+        rule, tracking = self._rule(context.endpoint)
+        key = self._key(rule, context)
         if key is None:
             return await call_next(context)
-        rule: _Deduplication | None = context.endpoint.options.get(_OPTION)
-        tracking = (rule.tracking_name if rule else None) or context.endpoint_id
         # Copies of one key handled at once in this process take turns, so the second sees the
         # first one's record. Across processes, a transaction's record lock does the same.
-        lock = self._locks.setdefault((tracking, key), _KeyLock())
-        lock.users += 1
+        slot = (tracking, key)
+        in_flight = self._in_flight
+        while slot in in_flight:
+            waiter = in_flight[slot]
+            if waiter is None:
+                waiter = in_flight[slot] = asyncio.get_running_loop().create_future()
+            await waiter
+        in_flight[slot] = None
         try:
-            async with lock:
-                return await self._handle_once(context, call_next, tracking, key)
-        finally:
-            lock.users -= 1
-            if not lock.users:
-                del self._locks[(tracking, key)]
-
-    async def _handle_once(
-        self, context: MessageContext, call_next: CallNext, tracking: str, key: str
-    ) -> Any:
-        store = self.store()
-        now = self.app.clock.now()
-        self._maybe_purge(store, now)
-        if await store.contains(tracking, key):
-            logger.info(
-                "skipped duplicate of %s for %s (key %s)", context.message_id, context.endpoint_id, key
-            )
-            context.scope[OUTCOME] = DUPLICATE
-            return None
-        if self.in_transaction():
-            # Claimed in the handler's transaction: commits or rolls back with its effects.
+            store = self.store()
+            now = self.app.clock.now()
+            if now >= self._next_purge:
+                self._purge_soon(store, now)
+            if await store.contains(tracking, key):
+                logger.info("skipped duplicate of %s for %s (key %s)", context.message_id, tracking, key)
+                context.scope[OUTCOME] = DUPLICATE
+                return None
+            if self.in_transaction():
+                # Claimed in the handler's transaction: commits or rolls back with its effects.
+                await store.add(tracking, key, now)
+                return await call_next(context)
+            result = await call_next(context)
             await store.add(tracking, key, now)
-            return await call_next(context)
-        result = await call_next(context)
-        await store.add(tracking, key, now)
-        return result
+            return result
+        finally:
+            waiter = in_flight.pop(slot)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
-    def _maybe_purge(self, store: DeduplicationStore, now: float) -> None:
-        if now < self._next_purge or (self._purging is not None and not self._purging.done()):
+    def _purge_soon(self, store: DeduplicationStore, now: float) -> None:
+        if self._purging is not None and not self._purging.done():
             return
         self._next_purge = now + _PURGE_EVERY_SECONDS
         self._purging = asyncio.ensure_future(self._purge(store, now - self.retention))

@@ -149,20 +149,20 @@ class RetryMiddleware(Middleware):
         return endpoint.is_asynchronous
 
     def policy_for(self, endpoint: Endpoint) -> RetryPolicy:
-        own = endpoint.options.get(_OPTION)
+        own: RetryPolicy | None = endpoint.options.get(_OPTION)
         if own is not None:
-            return own  # type: ignore[no-any-return]
+            return own
         return self.per_channel.get(endpoint.channels[-1], self.default)
 
     async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
         if context.delivery is None or context.raise_errors:
             return await call_next(context)
-        policy = self.policy_for(context.endpoint)
         instant = 0
         while True:
             try:
                 return await call_next(context)
             except Exception as error:
+                policy = self.policy_for(context.endpoint)
                 if not policy.retries(error):
                     raise
                 if instant < policy.instant_retries and not self.in_transaction():
