@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from tests.conftest import require_service
+from tests.integration.conftest import POSTGRES, prepare_database
 
 from tidings import (
     App,
@@ -27,10 +27,6 @@ from tidings import (
 )
 from tidings.channels.sql import SqlChannel
 from tidings.exceptions import ChannelUnavailable, ConfigurationError
-from tidings.sql import Database
-
-POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-MARIADB = "mysql+aiomysql://root@127.0.0.1:3306/test"
 
 
 @dataclass
@@ -44,38 +40,7 @@ class OrderPlaced:
     order_id: str
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            url = f"sqlite+aiosqlite:///{directory}/outbox.db"
-            await _prepare(url)
-            yield url
-        return
-    require_service(
-        "PostgreSQL" if request.param == "postgres" else "MariaDB",
-        "127.0.0.1",
-        5432 if request.param == "postgres" else 3306,
-    )
-    url = POSTGRES if request.param == "postgres" else MARIADB
-    await _prepare(url)
-    yield url
-
-
-async def _prepare(url: str) -> None:
-    database = Database(url)
-    try:
-        await database.create_schema()
-        async with database.transaction() as connection:
-            await connection.execute(text("CREATE TABLE IF NOT EXISTS orders (id VARCHAR(100) PRIMARY KEY)"))
-    finally:
-        await database.close()
+TABLES = ["CREATE TABLE IF NOT EXISTS orders (id VARCHAR(100) PRIMARY KEY)"]
 
 
 def fresh(name: str) -> str:
@@ -218,7 +183,7 @@ async def test_a_database_without_the_schema_says_to_run_db_init() -> None:
 @pytest.mark.postgres
 async def test_two_relays_and_two_workers_move_10000_messages_on_postgresql_and_lose_none() -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    await _prepare(POSTGRES)
+    await prepare_database(POSTGRES, TABLES)
     outbox, queue = fresh("outbox"), fresh("queue")
     handled: list[str] = []
     total = 10_000

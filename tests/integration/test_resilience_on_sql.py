@@ -11,16 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
-from tests.conftest import require_service
 
 from tidings import (
     App,
@@ -44,40 +40,7 @@ class OrderPlaced:
     order_id: str
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param("postgres", marks=pytest.mark.postgres),
-        pytest.param("mariadb", marks=pytest.mark.mariadb),
-    ]
-)
-async def database_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        with tempfile.TemporaryDirectory() as directory:
-            url = f"sqlite+aiosqlite:///{directory}/resilience.db"
-            await _prepare(url)
-            yield url
-        return
-    if request.param == "postgres":
-        require_service("PostgreSQL", "127.0.0.1", 5432)
-        url = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-    else:
-        require_service("MariaDB", "127.0.0.1", 3306)
-        url = "mysql+aiomysql://root@127.0.0.1:3306/test"
-    await _prepare(url)
-    yield url
-
-
-async def _prepare(url: str) -> None:
-    database = Database(url)
-    try:
-        await database.create_schema()
-        async with database.transaction() as connection:
-            await connection.execute(
-                text("CREATE TABLE IF NOT EXISTS shipments (id VARCHAR(100) PRIMARY KEY)")
-            )
-    finally:
-        await database.close()
+TABLES = ["CREATE TABLE IF NOT EXISTS shipments (id VARCHAR(100) PRIMARY KEY)"]
 
 
 def fresh(name: str) -> str:
