@@ -38,7 +38,7 @@ from tidings.middleware.retries import RetryMiddleware, RetryPolicy
 from tidings.middleware.timeout import TimeoutMiddleware
 
 if TYPE_CHECKING:
-    from tidings._consumer import Consumer, ConsumerStats
+    from tidings._consumer import Consumer, ConsumerStats, FailurePolicy
 
 __all__ = ["App", "CombinedChannel", "Extension"]
 
@@ -119,29 +119,18 @@ class App:
         deduplication_store: DeduplicationStore | None = None,
         deduplication_retention: timedelta = timedelta(days=7),
     ) -> None:
+        handlers, channels, middleware = list(handlers), list(channels), list(middleware)
+        parameter_resolvers = list(parameter_resolvers)
+        # Everything but the name, to rebuild the app with changes (see `replace`).
+        self._config: dict[str, Any] = {
+            key: value for key, value in locals().items() if key not in ("self", "name")
+        }
         self.name = name
         self.clock: Clock = clock or SystemClock()
         self.database = database
         self.services: dict[type[Any], Any] = dict(services or {})
         self._max_threads = max_threads
         self._executor: ThreadPoolExecutor | None = None
-        self._config: dict[str, Any] = {
-            "handlers": list(handlers),
-            "channels": list(channels),
-            "database": database,
-            "services": self.services,
-            "middleware": list(middleware),
-            "clock": clock,
-            "max_threads": max_threads,
-            "parameter_resolvers": list(parameter_resolvers),
-            "retry_policy": retry_policy,
-            "channel_retry_policies": channel_retry_policies,
-            "dead_letter_store": dead_letter_store,
-            "expired_messages": expired_messages,
-            "deduplicate": deduplicate,
-            "deduplication_store": deduplication_store,
-            "deduplication_retention": deduplication_retention,
-        }
         if expired_messages not in ("drop", "dead-letter"):
             raise ConfigurationError(f"expired_messages is 'drop' or 'dead-letter', not {expired_messages!r}")
         self.expired_messages = expired_messages
@@ -151,7 +140,7 @@ class App:
         #: The deduplication store given, else (when the app starts) the database's, else in memory.
         self.deduplication_store: DeduplicationStore = deduplication_store or InMemoryDeduplicationStore()
         self.deduplication_store_given = deduplication_store is not None
-        self._channels, self._chains = self._declare_channels(self._config["channels"])
+        self._channels, self._chains = self._declare_channels(channels)
         self.extensions: list[Extension] = []
         self.extension_state: dict[str, Any] = {}
         if database is not None:
@@ -167,15 +156,15 @@ class App:
         resolvers: list[ParameterResolver] = [self._resolve_builtin]
         for extension in self.extensions:
             resolvers.extend(extension.resolvers())
-        resolvers.extend(self._config["parameter_resolvers"])
+        resolvers.extend(parameter_resolvers)
         endpoints = collect_endpoints(
-            self._config["handlers"],
+            handlers,
             services=self.services,
             resolvers=resolvers,
             channel_chains=self._chains,
         )
         self.endpoints: dict[str, Endpoint] = {endpoint.id: endpoint for endpoint in endpoints}
-        self.schedules = collect_schedules(self._config["handlers"], resolvers, self.services)
+        self.schedules = collect_schedules(handlers, resolvers, self.services)
         #: Claims schedule ticks; the database's lock when the app has one (set on start).
         self.schedule_lock: ScheduleLock = InMemoryScheduleLock()
         self.routes = Routes(endpoints)
@@ -198,9 +187,10 @@ class App:
                 in_transaction=self._in_transaction,
             ),
         ]
-        self.extension_state["failure_policy"] = DeadLetterFailurePolicy()
+        #: What happens to a message that failed before reaching a handler.
+        self.failure_policy: FailurePolicy = DeadLetterFailurePolicy()
         self.middleware: list[Middleware] = sorted(
-            resilience + [m for e in self.extensions for m in e.middleware()] + self._config["middleware"],
+            resilience + [m for e in self.extensions for m in e.middleware()] + middleware,
             key=lambda m: m.order,
         )
         for endpoint in endpoints:

@@ -160,7 +160,7 @@ class Consumer:
         self.raise_errors = raise_errors
         self.run_schedules = schedules and bool(app.schedules)
         self.stats = ConsumerStats()
-        self.failure_policy: FailurePolicy = app.extension_state.get("failure_policy", FailurePolicy())
+        self.failure_policy = app.failure_policy
         self._stopping = asyncio.Event()
         self._active = 0
         self._slot_freed = asyncio.Event()
