@@ -125,6 +125,8 @@ def start_moto() -> SqsServer:
         from moto.server import ThreadedMotoServer
     except ImportError as error:
         raise ServerUnavailable(f"moto's server is not installed ({error})") from error
+    # Tests purge their queues more often than AWS's once a minute, as fauxqs allows.
+    os.environ.setdefault("MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR", "false")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -73,7 +73,7 @@ async def test_an_operation_raises_channel_unavailable_once_the_reconnect_time_i
     private_server.stop()
     started = time.monotonic()
 
-    with pytest.raises(ChannelUnavailable, match="cannot be reached") as raised:  # noqa: PT012
+    with pytest.raises(ChannelUnavailable, match="cannot be reached") as raised:
         while time.monotonic() - started < 10:
             await channel.receive(10, timeout=0.5)
 

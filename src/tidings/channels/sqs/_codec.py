@@ -32,7 +32,6 @@ __all__ = [
     "deduplication_id",
     "encode",
     "message_group_id",
-    "resendable_attributes",
 ]
 
 HEADERS: Final = "tidings.headers"
@@ -106,12 +105,6 @@ def decode(message: dict[str, Any]) -> Envelope:
     if encoding.get("StringValue") == "empty":
         return Envelope(b"", headers)
     return Envelope(base64.b64decode(text), headers)
-
-
-def resendable_attributes(message: dict[str, Any]) -> dict[str, Any]:
-    """A received message's tidings attributes as a send takes them, to send it again unchanged."""
-    attributes = message.get("MessageAttributes") or {}
-    return {name: _string(attributes[name]["StringValue"]) for name in ATTRIBUTE_NAMES if name in attributes}
 
 
 def _sqs_id(value: str) -> str:

@@ -41,6 +41,9 @@ Not natively possible, and how the channel says so:
   group, as a nack with delay does: that is what ordering within a group means on SQS. The
   message group is the `tidings.ordering-key` header (configurable), else the endpoint id; the
   deduplication id is the message id, endpoint and attempt (see `_codec.deduplication_id`).
+  SQS may return several messages of one group in one batch; the channel hands out one per group
+  at a time and the next when that one is acked (a nack gives the rest back to SQS), so that
+  concurrent workers never handle a group out of order (see `_waiting.GroupLines`).
 - TTL is enforced by the consumer when the message is received, as on every channel.
 - `purge` uses `PurgeQueue`, which AWS allows once a minute and carries out within a minute; while
   one is in progress, the visible messages are received and deleted instead.
@@ -51,8 +54,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
-import itertools
 import logging
 import math
 import re
@@ -65,14 +66,8 @@ from tidings._message import Envelope
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, DriverMissing, PublishFailed
 
-from ._codec import (
-    ATTRIBUTE_NAMES,
-    decode,
-    deduplication_id,
-    encode,
-    message_group_id,
-    resendable_attributes,
-)
+from ._codec import ATTRIBUTE_NAMES, decode, deduplication_id, encode, message_group_id
+from ._waiting import GroupLines, Held, Waiting
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -202,11 +197,14 @@ class SqsChannel(Channel):
         self._client: Any = None
         self._queue_url = ""
         self._closing = False
-        #: Received messages not handed out yet: (due, order, delivery, lease end on the loop clock).
-        self._held: list[tuple[float, int, Delivery, float]] = []
-        self._order = itertools.count()
+        #: Received messages not handed out yet (see `_waiting`).
+        self._held = Held()
+        self._lines = GroupLines()
+        #: Set when messages join `_held` outside a poll (the next of a FIFO group).
+        self._released = asyncio.Event()
         #: The long poll on the wire, shared by receives until it returns.
         self._poll: asyncio.Task[None] | None = None
+        self._system_attributes = ["ApproximateReceiveCount"] + (["MessageGroupId"] if fifo else [])
 
     def __repr__(self) -> str:
         where = f", endpoint_url={self.endpoint_url!r}" if self.endpoint_url else ""
@@ -264,11 +262,10 @@ class SqsChannel(Channel):
                 # Whatever it would have brought comes back when its visibility timeout ends.
                 poll.cancel()
                 await asyncio.gather(poll, return_exceptions=True)
-        held = [entry[2] for entry in self._held]
-        self._held.clear()
-        if held and self._client is not None:
+        kept = [waiting.delivery for waiting in self._held.drain() + self._lines.drain()]
+        if kept and self._client is not None:
             with contextlib.suppress(Exception):
-                await self.nack(held)
+                await self._change_visibility(kept, 0)
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
@@ -423,12 +420,13 @@ class SqsChannel(Channel):
             pause: float | None = max(remaining, 0.0)
             if first and remaining <= 0:
                 pause = None  # a receive without a timeout still looks once
-            if self._held:
-                until_due = max(0.0, self._held[0][0] - self._clock.now())
+            next_due = self._held.next_due()
+            if next_due is not None:
+                until_due = max(0.0, next_due - self._clock.now())
                 pause = until_due if pause is None else min(pause, until_due)
             first = False
             # Waiting does not cancel the poll: if this receive gives up, the next one adopts it.
-            await asyncio.wait((poll,), timeout=pause)
+            await self._wait(poll, pause)
             if poll.done():
                 if self._poll is poll:
                     self._poll = None
@@ -439,39 +437,47 @@ class SqsChannel(Channel):
                     raise error
         return []
 
+    async def _wait(self, poll: asyncio.Future[None], pause: float | None) -> None:
+        if not self.fifo:
+            await asyncio.wait((poll,), timeout=pause)
+            return
+        self._released.clear()
+        released = asyncio.ensure_future(self._released.wait())
+        try:
+            await asyncio.wait((poll, released), timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            released.cancel()
+
     async def _take_due(self, max_messages: int) -> list[Delivery]:
-        held = self._held
-        if not held:
+        if not self._held:
             return []
-        now = self._clock.now()
-        if held[0][0] > now:
+        due = self._held.pop_due(self._clock.now(), max_messages)
+        if not due:
             return []
         lease_time = asyncio.get_running_loop().time() + self.lease_seconds / 2
-        ready: list[Delivery] = []
-        stale: list[Delivery] = []
-        while held and held[0][0] <= now and len(ready) + len(stale) < max_messages:
-            _, _, delivery, lease_end = heapq.heappop(held)
-            # Kept a while: renew its lease so that its consumer gets the full lease time.
-            (ready if lease_end >= lease_time else stale).append(delivery)
-        if stale:
-            ready += await self._renew(stale)
+        ready = [waiting.delivery for waiting in due if waiting.lease_end >= lease_time]
+        if len(ready) < len(due):
+            # Kept a while: renew the lease so that the consumer gets its full lease time.
+            ready += await self._renew(
+                [waiting.delivery for waiting in due if waiting.lease_end < lease_time]
+            )
         return ready
 
     async def _renew(self, deliveries: list[Delivery]) -> list[Delivery]:
         failed = await self._change_visibility(deliveries, self._visibility)
         received_at = asyncio.get_running_loop().time()
-        renewed = []
         for number, delivery in enumerate(deliveries):
             if number not in failed:
                 delivery.receipt.received_at = received_at
-                renewed.append(delivery)
-        return renewed
+        if failed:
+            await self._give_back_lines([deliveries[number] for number in failed])
+        return [delivery for number, delivery in enumerate(deliveries) if number not in failed]
 
     async def _receive_messages(self, count: int, wait: int) -> list[dict[str, Any]]:
         parameters = {
             "VisibilityTimeout": self._visibility,
             "MessageAttributeNames": ATTRIBUTE_NAMES,
-            "MessageSystemAttributeNames": ["ApproximateReceiveCount"],
+            "MessageSystemAttributeNames": self._system_attributes,
         }
         reply = await self._call(
             "receive_message", MaxNumberOfMessages=min(_BATCH, count), WaitTimeSeconds=wait, **parameters
@@ -496,36 +502,44 @@ class SqsChannel(Channel):
         return messages
 
     async def _fetch(self, count: int, wait: int) -> None:
-        """One long poll; what it brings goes to the held messages, or takes another hop."""
+        """One long poll; what it brings is held for a receive, or takes another hop."""
         messages = await self._receive_messages(count, wait)
         if not messages:
             return
         received_at = asyncio.get_running_loop().time()
         lease_end = received_at + self._visibility
-        now = self._clock.now()
-        early: list[tuple[dict[str, Any], Delivery, float]] = []
-        held, order = self._held, self._order
+        arrived: list[Waiting] = []
+        lines = self._lines if self.fifo else None
         for message in messages:
             envelope = decode(message)
-            attributes = message.get("Attributes")
-            count_text = attributes.get("ApproximateReceiveCount") if attributes else None
+            attributes = message.get("Attributes") or {}
+            count_text = attributes.get("ApproximateReceiveCount")
             delivery = Delivery(
                 envelope,
                 _Receipt(message["ReceiptHandle"], received_at),
                 int(count_text) if count_text else 1,
             )
             deliver_at = envelope.headers.get(h.DELIVER_AT)
-            if deliver_at is not None and (due := float(deliver_at)) > now:
-                early.append((message, delivery, due))
-            else:
-                heapq.heappush(held, (0.0, next(order), delivery, lease_end))
-        if early:
-            await self._not_yet(early, now)
+            waiting = Waiting(delivery, 0.0 if deliver_at is None else float(deliver_at), lease_end)
+            group = attributes.get("MessageGroupId")
+            if lines is not None and group is not None and not lines.admit(group, waiting):
+                continue  # behind an earlier message of its group, which is still out
+            arrived.append(waiting)
+        await self._place(arrived)
 
-    async def _not_yet(self, early: list[tuple[dict[str, Any], Delivery, float]], now: float) -> None:
-        """Messages received before they are due: held if nearly due, else sent on another hop."""
-        soon = [(delivery, due) for _, delivery, due in early if due - now <= _HOLD_LIMIT]
-        later = [(message, delivery, due) for message, delivery, due in early if due - now > _HOLD_LIMIT]
+    async def _place(self, arrived: list[Waiting]) -> None:
+        """Hand out what is due; hold what is nearly due; send what is due later on another hop."""
+        now = self._clock.now()
+        soon: list[Waiting] = []
+        later: list[Waiting] = []
+        for waiting in arrived:
+            if waiting.due <= now:
+                waiting.due = 0.0
+                self._held.push(waiting)
+            elif waiting.due - now <= _HOLD_LIMIT:
+                soon.append(waiting)
+            else:
+                later.append(waiting)
         tasks: list[Awaitable[None]] = []
         if soon:
             tasks.append(self._hold(soon, now))
@@ -535,42 +549,56 @@ class SqsChannel(Channel):
             )
         await asyncio.gather(*tasks)
 
-    async def _hold(self, soon: list[tuple[Delivery, float]], now: float) -> None:
+    async def _hold(self, soon: list[Waiting], now: float) -> None:
         # Visible again only a lease after it is due, as if it had been received then.
-        seconds = [_seconds(due - now + self.lease_seconds) for _, due in soon]
-        failed = await self._change_visibility([delivery for delivery, _ in soon], seconds)
+        seconds = [_seconds(waiting.due - now + self.lease_seconds) for waiting in soon]
+        failed = await self._change_visibility([waiting.delivery for waiting in soon], seconds)
         received_at = asyncio.get_running_loop().time()
-        for number, (delivery, due) in enumerate(soon):
+        for number, waiting in enumerate(soon):
             if number not in failed:
-                lease_end = received_at + seconds[number]
-                heapq.heappush(self._held, (due, next(self._order), delivery, lease_end))
+                waiting.lease_end = received_at + seconds[number]
+                self._held.push(waiting)
+        if failed:
+            await self._give_back_lines([soon[number].delivery for number in failed])
 
-    async def _hop_by_resend(self, later: list[tuple[dict[str, Any], Delivery, float]], now: float) -> None:
+    async def _hop_by_resend(self, later: list[Waiting], now: float) -> None:
         entries: list[dict[str, Any]] = []
-        for number, (message, _, due) in enumerate(later):
+        sizes: list[int] = []
+        for number, waiting in enumerate(later):
+            body, attributes, size = encode(waiting.delivery.envelope)
             entry: dict[str, Any] = {
                 "Id": str(number),
-                "MessageBody": message["Body"],
-                "DelaySeconds": min(int(due - now), self.max_hop_delay),
+                "MessageBody": body,
+                "DelaySeconds": min(int(waiting.due - now), self.max_hop_delay),
             }
-            attributes = resendable_attributes(message)
             if attributes:
                 entry["MessageAttributes"] = attributes
             entries.append(entry)
-        refused = dict(await self._send_entries(entries, [len(e["MessageBody"]) for e in entries]))
+            sizes.append(size)
+        refused = dict(await self._send_entries(entries, sizes))
         if refused:
             # Their received copies come back when their lease ends, and hop then.
             logger.warning("re-delaying %d messages on %r failed: %s", len(refused), self, refused)
-        sent = [delivery for number, (_, delivery, _) in enumerate(later) if number not in refused]
+        sent = [waiting.delivery for number, waiting in enumerate(later) if number not in refused]
         if sent:
             await self.ack(sent)
         logger.debug("%d messages on %r took another delay hop", len(sent), self)
 
-    async def _hop_by_visibility(
-        self, later: list[tuple[dict[str, Any], Delivery, float]], now: float
-    ) -> None:
-        seconds = [min(int(due - now), _LONGEST_VISIBILITY - self._visibility) for _, _, due in later]
-        await self._change_visibility([delivery for _, delivery, _ in later], seconds)
+    async def _hop_by_visibility(self, later: list[Waiting], now: float) -> None:
+        seconds = [min(int(waiting.due - now), _LONGEST_VISIBILITY - self._visibility) for waiting in later]
+        deliveries = [waiting.delivery for waiting in later]
+        await self._change_visibility(deliveries, seconds)
+        # The group waits at SQS behind its hidden head; so does the rest of its line.
+        await self._give_back_lines(deliveries)
+        logger.debug("%d messages on %r took another delay hop", len(later), self)
+
+    async def _give_back_lines(self, heads: Sequence[Delivery]) -> None:
+        """Heads going back to SQS: the messages queued behind them in their groups go back too."""
+        if not self._lines:
+            return
+        behind = [waiting.delivery for head in heads for waiting in self._lines.release(head.receipt.handle)]
+        if behind:
+            await self._change_visibility(behind, 0)
 
     # -- settling ---------------------------------------------------------------------------------
 
@@ -611,27 +639,37 @@ class SqsChannel(Channel):
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._connected()
-        if deliveries:
-            entries = [
-                {"Id": str(number), "ReceiptHandle": delivery.receipt.handle}
-                for number, delivery in enumerate(deliveries)
+        if not deliveries:
+            return
+        entries = [
+            {"Id": str(number), "ReceiptHandle": delivery.receipt.handle}
+            for number, delivery in enumerate(deliveries)
+        ]
+        await self._in_batches("delete_message_batch", entries)
+        if self._lines:
+            # The next message of each finished group may go out now.
+            lines = self._lines
+            following = [
+                waiting
+                for delivery in deliveries
+                if (waiting := lines.next_after(delivery.receipt.handle)) is not None
             ]
-            await self._in_batches("delete_message_batch", entries)
+            if following:
+                await self._place(following)
+                self._released.set()
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         self._connected()
         if not deliveries:
             return
         seconds = _seconds(delay)
-        if seconds == 0:
-            await self._change_visibility(deliveries, 0)
-            return
         # SQS counts its 12-hour visibility cap from the receive: past it, send the message anew.
         earliest = asyncio.get_running_loop().time() - (_LONGEST_VISIBILITY - 60 - seconds)
         hidden = [delivery for delivery in deliveries if delivery.receipt.received_at >= earliest]
         resent = [delivery for delivery in deliveries if delivery.receipt.received_at < earliest]
         if hidden:
             await self._change_visibility(hidden, seconds)
+            await self._give_back_lines(hidden)
         if resent:
             due = repr(self._clock.now() + delay)
             await self.send([delivery.envelope.with_headers({h.DELIVER_AT: due}) for delivery in resent])
@@ -639,14 +677,21 @@ class SqsChannel(Channel):
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
         self._connected()
-        if deliveries:
-            await self._change_visibility(deliveries, max(1, _seconds(seconds)))
+        if not deliveries:
+            return
+        if self._lines:
+            # Messages waiting behind a head are in flight too: keep them with it.
+            lines = self._lines
+            behind = [w.delivery for d in deliveries for w in lines.line_of(d.receipt.handle)]
+            deliveries = [*deliveries, *behind]
+        await self._change_visibility(deliveries, max(1, _seconds(seconds)))
 
     # -- operating --------------------------------------------------------------------------------
 
     async def purge(self) -> None:
         self._connected()
-        self._held.clear()
+        self._held.drain()
+        self._lines.drain()
         try:
             await self._call("purge_queue")
         except self._driver.ClientError as error:
