@@ -22,8 +22,10 @@ from nats_support import (
 )
 
 from tidings import App, asynchronous, event_handler
+from tidings import headers as h
+from tidings._message import Envelope
 from tidings.channels.nats import NatsChannel
-from tidings.exceptions import ChannelUnavailable, ConfigurationError, DriverMissing
+from tidings.exceptions import ChannelUnavailable, ConfigurationError, DriverMissing, PublishFailed
 
 pytestmark = pytest.mark.nats
 
@@ -222,6 +224,19 @@ async def test_closing_the_channel_ends_a_waiting_receive(open_channel: OpenChan
 
     assert await asyncio.wait_for(receiving, 3) == []
     assert time.monotonic() - started < 2.0
+
+
+async def test_a_batch_with_a_message_over_the_servers_payload_limit_is_refused_whole(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel()
+    huge = Envelope(b"x" * 2_000_000, {h.MESSAGE_ID: "huge", h.ENDPOINT: "ep"})
+
+    with pytest.raises(PublishFailed, match="max_payload") as refused:
+        await channel.send([message(1), huge])
+
+    assert refused.value.envelopes[1] is huge
+    assert await channel.depth() == 0
 
 
 async def test_a_stream_deleted_under_a_running_channel_is_declared_again(

@@ -85,15 +85,15 @@ async def test_leases_and_delayed_messages_survive_a_killed_and_restarted_server
     private_nats: NatsServer,
 ) -> None:
     name = f"restart-{uuid.uuid4().hex[:8]}"
-    channel = NatsChannel(name, url=private_nats.url, lease_seconds=30.0)
+    lease = 6.0
+    channel = NatsChannel(name, url=private_nats.url, lease_seconds=lease)
     await channel.connect(environment())
     try:
+        due = time.time() + 3.0
+        await channel.send([message(n, **{"tidings.deliver-at": repr(due)}) for n in (900, 901)])
         await channel.send([message(n) for n in range(200)])
-        await channel.send(
-            [message(n, **{"tidings.deliver-at": repr(time.time() + 4.0)}) for n in (900, 901)]
-        )
-        in_flight = await receive_unacked(channel, 50)
-        assert len(in_flight) == 50
+        in_flight = await receive_unacked(channel, 50)  # the delayed two were seen early, and naked
+        assert sorted(number(d) for d in in_flight) == list(range(50))
 
         private_nats.kill()
         # Sent while the server is down: the send waits for it to come back.
@@ -104,10 +104,19 @@ async def test_leases_and_delayed_messages_survive_a_killed_and_restarted_server
         await asyncio.wait_for(sending, timeout=30)
 
         await channel.ack(in_flight)  # the leases survived the restart
-        handled = await drain(channel, set(range(50, 300)) | {900, 901}, timeout=30)
+        arrivals: dict[int, float] = {}
+        deadline = time.monotonic() + 30
+        while len(arrivals) < 252 and time.monotonic() < deadline:
+            deliveries = await channel.receive(100, timeout=0.5)
+            arrivals.update((number(d), time.time()) for d in deliveries)
+            await channel.ack(deliveries)
 
-        assert set(handled) == set(range(50, 300)) | {900, 901}
-        assert not set(handled) & {number(d) for d in in_flight}
+        assert set(arrivals) == set(range(50, 300)) | {900, 901}
+        # Still delayed after the restart, never early. JetStream 2.9 does not keep a nak's delay
+        # across a restart: the message comes back when its lease (ack_wait) ends instead, late by up
+        # to one lease.
+        assert due - 0.05 <= min(arrivals[900], arrivals[901])
+        assert max(arrivals[900], arrivals[901]) <= due + lease
         assert await channel.depth() == 0
     finally:
         await channel.close()

@@ -27,17 +27,22 @@ What maps onto what:
   waits on its own timer, so a short delay never waits behind a longer one, and nothing is held in a
   worker's memory. The server counts early deliveries in a message's delivery count; the channel
   subtracts those it naked itself (in this process) from `Delivery.delivery_count`. Because waiting
-  messages are unacked deliveries, the consumer's `max_ack_pending` is unlimited.
+  messages are unacked deliveries, the consumer's `max_ack_pending` is unlimited. JetStream 2.9 does
+  not keep a nak's delay across a server restart: a message waiting on one then comes back when
+  its `ack_wait` since the early delivery ends (and is naked again if still early), so after a
+  restart a delay can end up to one lease late, never early.
 - **Priority.** JetStream delivers in stream order: `capabilities.priority` is False, so an app
   refuses `@priority` handlers on a NATS channel at start-up.
 - **TTL.** Checked by the consumer on receive (JetStream 2.9 has no per-message expiry).
-- **Reconnects.** nats-py reconnects on its own and subscribes again. Pull requests and ack
-  confirmations in flight on the lost connection are given up and sent again once it is back;
-  deliveries the server made on it come back when their `ack_wait` ends. `send`, `ack`, `nack` and
-  `extend_lease` wait up to `wait_for_broker` seconds for the connection, then raise
-  (`PublishFailed` for sends, `ChannelUnavailable` otherwise). A send whose JetStream ack was lost is
-  published again, which may store a message twice (deduplication absorbs it). A stream or consumer
-  deleted under a running channel is declared again.
+- **Reconnects.** nats-py reconnects on its own and subscribes again. Pull requests in flight on
+  the lost connection are given up and sent again once it is back; deliveries the server made on it
+  come back when their `ack_wait` ends. Messages and acks nats-py had not written yet go out after
+  the reconnect; a publish window waits for their JetStream acks until a second after it, then
+  publishes again what is still unconfirmed, which may store a message twice when only its ack was
+  lost (deduplication absorbs it). `send`, `ack`, `nack` and `extend_lease` wait up to
+  `wait_for_broker` seconds for the connection, then raise (`PublishFailed` for sends,
+  `ChannelUnavailable` otherwise). A stream or consumer deleted under a running channel is declared
+  again.
 
 Needs nats-server 2.9 or later with JetStream enabled.
 """
@@ -262,8 +267,6 @@ class NatsChannel(Channel):
         self._connected.clear()
         if self._pulls is not None:
             self._pulls.abandon()
-        if self._confirmations is not None:
-            self._confirmations.abandon()
         log.warning("lost the NATS connection of channel %r; reconnecting", self.name)
 
     async def _on_reconnected(self) -> None:
@@ -271,6 +274,8 @@ class NatsChannel(Channel):
             return
         log.info("NATS connection of channel %r is back", self.name)
         self._connected.set()
+        if self._confirmations is not None:
+            self._confirmations.reconnected()
         self._repair_soon()
 
     async def _wait_connected(self, deadline: float) -> bool:
@@ -317,13 +322,22 @@ class NatsChannel(Channel):
     # -- sending ----------------------------------------------------------------------------------
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
-        self._require()
+        client = self._require()
         if not envelopes:
             return
         from nats.errors import ConnectionClosedError
         from nats.errors import Error as NatsError
 
         payloads = [encode(envelope) for envelope in envelopes]
+        limit = client.max_payload
+        if too_big := [i for i, payload in enumerate(payloads) if len(payload) > limit]:
+            raise self._publish_failed(
+                envelopes,
+                list(range(len(envelopes))),
+                f"{len(too_big)} of them exceed the server's max_payload of {limit:,} bytes "
+                f"(the first is message {envelopes[too_big[0]].message_id!r}, "
+                f"{len(payloads[too_big[0]]):,} bytes); none was sent",
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_for_broker
         todo = list(range(len(payloads)))
@@ -340,7 +354,9 @@ class NatsChannel(Channel):
             for start in range(0, len(todo), window):
                 chunk = todo[start : start + window]
                 try:
-                    outcome = await confirmations.publish(self.subject, payloads, chunk, _CONFIRM_TIMEOUT)
+                    outcome = await confirmations.publish(
+                        self.subject, payloads, chunk, _CONFIRM_TIMEOUT, deadline
+                    )
                 except ConnectionClosedError:
                     raise self._publish_failed(envelopes, todo, "the connection is closed") from None
                 except NatsError:
