@@ -193,7 +193,6 @@ class NatsChannel(Channel):
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,  # type: ignore[arg-type]
                 connect_timeout=5,
-                skip_subject_validation=True,
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
