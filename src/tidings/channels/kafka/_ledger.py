@@ -1,0 +1,134 @@
+"""Which fetched offsets of a partition are still unsettled, and committing what is safe to commit.
+
+Kafka stores one position per partition and group: everything below it counts as done. Deliveries are
+settled one by one and out of order (a slow handler finishes after a fast one), so the position
+committed is the lowest offset still unsettled, never beyond it: a crash then redelivers what was not
+finished (and perhaps some that were; deduplication absorbs those), never loses anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+__all__ = ["Committer", "PartitionLedger"]
+
+log = logging.getLogger("tidings.channels.kafka")
+
+
+class PartitionLedger:
+    """The offsets of one partition fetched during one assignment, and which are settled.
+
+    A ledger lives as long as its partition stays assigned; when the partition is revoked (or purged)
+    the ledger dies, and settling a delivery of a dead ledger changes nothing: the partition's next
+    owner redelivers it from the committed position.
+    """
+
+    __slots__ = ("_next", "_open", "_order", "committed", "live", "partition")
+
+    def __init__(self, partition: Any, position: int) -> None:
+        #: aiokafka's TopicPartition.
+        self.partition = partition
+        self._open: set[int] = set()
+        #: Fetched offsets in order; settled ones leave from the left once nothing lower is open.
+        self._order: deque[int] = deque()
+        self._next = position
+        #: The position last committed (or the one the partition was fetched from).
+        self.committed = position
+        self.live = True
+
+    def add(self, offset: int) -> None:
+        """Record a fetched offset; offsets arrive in increasing order."""
+        self._order.append(offset)
+        self._open.add(offset)
+        self._next = offset + 1
+
+    def settle(self, offset: int) -> bool:
+        """Mark an offset done; False if it was not open (already settled, or never fetched)."""
+        try:
+            self._open.remove(offset)
+        except KeyError:
+            return False
+        return True
+
+    def is_open(self, offset: int) -> bool:
+        return offset in self._open
+
+    @property
+    def unsettled(self) -> int:
+        return len(self._open)
+
+    def position(self) -> int:
+        """The position safe to commit: the lowest open offset, or past the last fetched one."""
+        order, still_open = self._order, self._open
+        while order and order[0] not in still_open:
+            order.popleft()
+        return order[0] if order else self._next
+
+    def settled_beyond_position(self) -> int:
+        """How many offsets at or above `position()` are settled already (out of order)."""
+        self.position()
+        return len(self._order) - len(self._open)
+
+    def fetched_up_to(self) -> int:
+        """The offset after the last one fetched."""
+        return self._next
+
+
+class Committer:
+    """Commits the positions of changed ledgers; callers arriving during a commit share the next one.
+
+    `commit(ledgers)` returns once a commit that started after the call covered those ledgers (or
+    failed: a failed commit is logged and left to the next one, since positions only move forward and
+    redelivery covers what never got committed).
+    """
+
+    def __init__(self, send: Callable[[dict[Any, int]], Awaitable[None]]) -> None:
+        self._send = send
+        self._dirty: set[PartitionLedger] = set()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def commit(self, ledgers: Iterable[PartitionLedger]) -> None:
+        self._dirty.update(ledgers)
+        if not self._dirty:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._run())
+        await waiter
+
+    async def _run(self) -> None:
+        while self._waiters:
+            waiters, self._waiters = self._waiters, []
+            dirty, self._dirty = self._dirty, set()
+            positions: dict[PartitionLedger, int] = {}
+            for ledger in dirty:
+                if ledger.live:
+                    position = ledger.position()
+                    if position > ledger.committed:
+                        positions[ledger] = position
+            if positions:
+                try:
+                    await self._send({ledger.partition: position for ledger, position in positions.items()})
+                except asyncio.CancelledError:
+                    for waiter in waiters:
+                        waiter.cancel()
+                    raise
+                except Exception as error:
+                    log.warning("committing offsets failed (the records will be delivered again): %s", error)
+                    self._dirty.update(positions)
+                else:
+                    for ledger, position in positions.items():
+                        ledger.committed = max(ledger.committed, position)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def close(self) -> None:
+        if self._running is not None and not self._running.done():
+            await asyncio.gather(self._running, return_exceptions=True)
