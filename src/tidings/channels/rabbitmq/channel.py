@@ -291,7 +291,11 @@ class RabbitMQChannel(Channel):
         while True:
             link = self._link
             if link is not None and link.alive:
-                return link
+                if not link.closed:
+                    return link
+                # Closed, and the callbacks that say so have not run yet: do what they will do.
+                self._lost(link)
+                continue
             if self._closed:
                 raise ChannelUnavailable(
                     f"RabbitMQ channel {self.name!r} is not connected", channel=self.name
@@ -375,6 +379,9 @@ class RabbitMQChannel(Channel):
                         f"{self.wait_for_broker:.0f} s (is a resource alarm blocking publishers?)",
                         channel=self.name,
                     ) from None
+                except Exception as error:
+                    # Typically the AMQP channel closed before the window was written.
+                    results = [error] * len(window)
                 for item, result in zip(window, results, strict=True):
                     if isinstance(result, Basic.Ack):
                         continue
