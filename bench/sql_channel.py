@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/sql_channel.py [--messages 20000] [--rounds 3] [--url postgresql://...]
 
-Each round, first raw then SqlChannel, on the same server and payloads (a JSON body and five headers):
+Each round runs raw and SqlChannel on the same server and payloads (a JSON body and five headers),
+alternating in slices of 2,000 messages so that both see the same machine load:
 
 - *enqueue*: raw `executemany` of an INSERT, one call per batch of 100 rows (each call is atomic), into a
   plain queue table (id, queue, headers, body; index on (queue, id)); then `SqlChannel.send` in batches
   of 100. For reference the table also shows one `executemany` of all rows in a single call.
 - *drain*: raw loop of `BEGIN; SELECT ... ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED; DELETE ... WHERE
   id = ANY(...); COMMIT`, decoding each row's headers as the channel does; then `SqlChannel.receive(100)`
-  + `ack` until every message came back.
+  + `ack` until every message came back; also with `durable_acks=True`, where every ack waits for the
+  WAL flush (by default claims and acks commit asynchronously, see SqlChannel).
 
 Tables are vacuumed before each phase (this server runs with autovacuum off). The table shows medians;
 the ratio is SqlChannel's rate over the raw per-batch rate.
@@ -116,23 +118,28 @@ async def channel_drain(channel: SqlChannel, count: int) -> float:
     return time.perf_counter() - started
 
 
-async def one_round(connection: asyncpg.Connection, channel: SqlChannel, count: int) -> dict[str, float]:
+async def one_round(
+    connection: asyncpg.Connection, channel: SqlChannel, durable: SqlChannel, count: int
+) -> dict[str, float]:
     """Rates (msg/s) of one round. Raw and channel alternate in slices of 2,000 messages, so that
     both see the same machine load."""
     messages = envelopes(count)
     queue = f"raw-{uuid.uuid4().hex[:8]}"
     rows = [(queue, msgspec.json.encode(m.headers).decode(), m.body) for m in messages]
-    seconds = dict.fromkeys(("raw enqueue", "channel enqueue", "raw drain", "channel drain"), 0.0)
+    labels = ("raw enqueue", "channel enqueue", "raw drain", "channel drain", "durable-acks drain")
+    seconds = dict.fromkeys(labels, 0.0)
 
     await vacuum(connection, RAW_TABLE, "tidings_messages")
     for first in range(0, count, SLICE):
         seconds["raw enqueue"] += await raw_enqueue(connection, queue, rows[first : first + SLICE], BATCH)
         seconds["channel enqueue"] += await channel_enqueue(channel, messages[first : first + SLICE])
+        await channel_enqueue(durable, messages[first : first + SLICE])
     await vacuum(connection, RAW_TABLE, "tidings_messages")
     for first in range(0, count, SLICE):
         size = min(SLICE, count - first)
         seconds["raw drain"] += await raw_drain(connection, queue, size)
         seconds["channel drain"] += await channel_drain(channel, size)
+        seconds["durable-acks drain"] += await channel_drain(durable, size)
 
     await vacuum(connection, RAW_TABLE)
     one_call = await raw_enqueue(connection, queue, rows, count)
@@ -152,16 +159,20 @@ async def main(url: str, count: int, rounds: int) -> None:
         "(id bigserial PRIMARY KEY, queue text NOT NULL, headers text NOT NULL, body bytea NOT NULL)"
     )
     await connection.execute(f"CREATE INDEX IF NOT EXISTS {RAW_TABLE}_claim ON {RAW_TABLE} (queue, id)")
+    environment = ChannelEnvironment(app_name="bench", clock=SystemClock())
     channel = SqlChannel(f"bench-{uuid.uuid4().hex[:8]}", database=database)
-    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    durable = SqlChannel(f"bench-{uuid.uuid4().hex[:8]}", database=database, durable_acks=True)
+    await channel.connect(environment)
+    await durable.connect(environment)
     results: dict[str, list[float]] = {}
     try:
         for _ in range(rounds):
-            for label, rate in (await one_round(connection, channel, count)).items():
+            for label, rate in (await one_round(connection, channel, durable, count)).items():
                 results.setdefault(label, []).append(rate)
     finally:
-        await channel.purge()
-        await channel.close()
+        for opened in (channel, durable):
+            await opened.purge()
+            await opened.close()
         await database.close()
         await connection.execute(f"DROP TABLE IF EXISTS {RAW_TABLE}")
         await connection.close()
@@ -184,6 +195,16 @@ def report(results: dict[str, list[float]], count: int, rounds: int) -> None:
             f"| {workload} | {median[f'raw {workload}']:,.0f} | {median[f'channel {workload}']:,.0f} "
             f"| {median[f'channel {workload}'] / median[f'raw {workload}']:.0%} | {per_round} |"
         )
+    raw_drain_rate = median["raw drain"]
+    print(
+        f"\nWith `durable_acks=True` (every ack waits for the WAL flush): drain "
+        f"{median['durable-acks drain']:,.0f} msg/s, {median['durable-acks drain'] / raw_drain_rate:.0%} "
+        "of raw, per round "
+        + ", ".join(
+            f"{ours / raw:.0%}"
+            for raw, ours in zip(results["raw drain"], results["durable-acks drain"], strict=True)
+        )
+    )
     print(
         f"\nFor reference, one executemany of all {count:,} rows in a single call (one transaction): "
         f"{median['raw one-call']:,.0f} msg/s"

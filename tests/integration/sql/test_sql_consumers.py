@@ -174,3 +174,42 @@ async def test_a_higher_priority_message_sent_later_is_received_first(
     assert [d.envelope.message_id for d in first] == ["m-99"]
     assert [d.envelope.message_id for d in rest] == [f"m-{n}" for n in range(5)]
     await channel.ack(first + rest)
+
+
+async def test_four_consumers_with_different_batch_sizes_share_mixed_priorities_exactly_once(
+    url: str, database: Database, open_channel: OpenChannel
+) -> None:
+    servers = not url.startswith("sqlite")
+    databases = [Database(url) if servers else database for _ in range(4)]
+    name = f"it-{uuid.uuid4().hex[:12]}"
+    try:
+        producer = await open_channel(name)
+        consumers = [await open_channel(name, db=db) for db in databases]
+        tally = Tally(4000)
+        stop = asyncio.Event()
+
+        async def consume_in(channel: SqlChannel, label: str, batch: int) -> None:
+            while not stop.is_set():
+                deliveries = await channel.receive(batch, timeout=0.2)
+                tally.add(label, [int(d.envelope.body) for d in deliveries])
+                await channel.ack(deliveries)
+
+        running = [
+            asyncio.ensure_future(consume_in(channel, f"c{batch}", batch))
+            for channel, batch in zip(consumers, (7, 13, 50, 100), strict=True)
+        ]
+        for start in range(0, 4000, 400):
+            await producer.send([envelope(n, **{h.PRIORITY: str(n % 3)}) for n in range(start, start + 400)])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tally.all_in.wait(), timeout=60)
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*running)
+
+        every = [n for numbers in tally.handled.values() for n in numbers]
+        assert [n for n, times in Counter(every).items() if times > 1] == []
+        assert sorted(every) == list(range(4000))
+    finally:
+        if servers:
+            for db in databases:
+                await db.close()

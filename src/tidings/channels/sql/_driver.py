@@ -40,7 +40,11 @@ def is_connection_lost(exc: BaseException) -> bool:
         exc,
         exceptions.ConnectionDoesNotExistError
         | exceptions.PostgresConnectionError
-        | exceptions.InterfaceError,
+        | exceptions.InterfaceError
+        # A connection the server terminated while it sat idle can fail this way on next use.
+        | exceptions.InternalClientError
+        | exceptions.AdminShutdownError
+        | exceptions.CannotConnectNowError,
     )
 
 
@@ -100,8 +104,12 @@ class DriverConnections:
         # (cancelled mid-statement, connection lost) may not.
         if _is_server_error(exc) and not link.driver.is_closed():
             self._idle.append(link)
-        else:
-            await _discard(link)
+            return
+        await _discard(link)
+        if is_connection_lost(exc):
+            # The server restarted or dropped us: the idle connections are most likely dead too,
+            # and a retry must not pick one of them.
+            await self.close()
 
     async def _take(self) -> _Link:
         while self._idle:
