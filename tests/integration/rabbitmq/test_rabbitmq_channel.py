@@ -389,3 +389,19 @@ async def test_a_consumer_whose_queue_was_deleted_declares_it_again_and_carries_
 
     assert [number(d) for d in received] == [1]
     await channel.ack(received)
+
+
+@rabbitmq
+async def test_a_closed_channel_connects_again_and_finds_its_messages(open_channel: OpenChannel) -> None:
+    channel = await open_channel()
+    await channel.send([envelope(1), envelope(2)])
+    held = await drain(channel, 2)
+    await channel.ack(held[:1])
+    await channel.close()
+
+    await channel.connect(environment())
+    again = await drain(channel, 1, timeout=3.0)
+
+    assert [number(d) for d in again] == [number(held[1])]
+    await channel.ack(again)
+    assert await channel.depth() == 0

@@ -156,6 +156,10 @@ class RabbitMQChannel(Channel):
             return
         self._clock = environment.clock
         self._connection_name = f"tidings {environment.app_name} {self.name}"
+        # Fresh for each connect: an event belongs to the loop that first waits on it.
+        self._linked = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._lease_changed = asyncio.Event()
         self._closed = False
         try:
             link = await self._open_link()
