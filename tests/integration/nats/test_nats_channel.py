@@ -70,7 +70,7 @@ async def test_delayed_messages_of_many_due_times_each_arrive_on_time_in_due_ord
         arrivals.update((number(d), time.time() - sent_at) for d in deliveries)
         await channel.ack(deliveries)
 
-    assert sorted(arrivals, key=arrivals.__getitem__) == [4, 2, 5, 3, 1]
+    assert sorted(arrivals, key=arrivals.__getitem__) == [4, 2, 5, 3, 1], arrivals
     for n, delay in delays.items():
         assert delay - 0.1 <= arrivals[n] <= delay + 0.5, (n, arrivals[n])
 

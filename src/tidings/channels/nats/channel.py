@@ -99,11 +99,12 @@ _REPAIR_INTERVAL: Final = 1.0
 class NatsChannel(Channel):
     """A queue channel on a NATS JetStream work-queue stream, with durable delays and leases.
 
-    `prefix` starts the channel's subject (`<prefix>.<name>`) and default stream name; `stream`
-    names the stream instead. `max_deliver` caps deliveries per message (None: unlimited).
-    `storage` is `"file"` or `"memory"`, `replicas` the stream's replica count in a cluster.
-    `publish_window` is how many published messages wait for their JetStream acks at once;
-    `wait_for_broker` how long operations wait for a lost connection before they raise.
+    `url` may list several servers of a cluster, separated by commas. `prefix` starts the channel's
+    subject (`<prefix>.<name>`) and default stream name; `stream` names the stream instead.
+    `max_deliver` caps deliveries per message (None: unlimited). `storage` is `"file"` or
+    `"memory"`, `replicas` the stream's replica count in a cluster. `publish_window` is how many
+    published messages wait for their JetStream acks at once; `wait_for_broker` how long
+    operations wait for a lost connection before they raise.
     """
 
     capabilities = Capabilities(delay=True, priority=False)
@@ -187,7 +188,7 @@ class NatsChannel(Channel):
         try:
             # Few attempts at first, so that a wrong URL fails fast; unlimited ones once connected.
             await client.connect(
-                self.url,
+                [server.strip() for server in self.url.split(",")],
                 name=f"tidings {environment.app_name} {self.name}",
                 allow_reconnect=True,
                 max_reconnect_attempts=1,
@@ -256,8 +257,11 @@ class NatsChannel(Channel):
         return self._client
 
     async def _on_error(self, error: Exception) -> None:
-        # Failed reconnect attempts land here too, every half second while NATS is away.
-        level = logging.DEBUG if isinstance(error, OSError) else logging.WARNING
+        from nats.errors import StaleConnectionError
+
+        # A lost connection is reported once by `_on_disconnected`; failed reconnect attempts (every
+        # half second while NATS is away) and the end of the old connection only go to debug.
+        level = logging.DEBUG if isinstance(error, OSError | StaleConnectionError) else logging.WARNING
         log.log(level, "NATS client of channel %r: %r", self.name, error)
 
     async def _on_disconnected(self) -> None:
