@@ -121,9 +121,9 @@ class PrivateNode:
         await rabbitmqctl("await_startup", "--timeout", "60", node=self.name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def private_node() -> Iterator[PrivateNode]:
-    """Starts a throw-away RabbitMQ node on loopback (about 6 s) and stops it after the module."""
+    """Starts a throw-away RabbitMQ node on loopback (about 6 s) and stops it after the session."""
     missing = [tool for tool in ("rabbitmq-server", "rabbitmqctl") if shutil.which(tool) is None]
     if missing or os.geteuid() != 0:
         reason = f"a private RabbitMQ node needs root and {', '.join(missing) or 'rabbitmq-server'}"
