@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,16 +15,25 @@ from . import ChannelFactory, ChannelKind
 URL = "nats://127.0.0.1:4222"
 
 
-async def delete_streams(prefix: str) -> None:
-    """Remove every stream a test's channels declared under their prefix."""
+async def delete_streams(prefix: str, url: str = URL) -> None:
+    """Remove every stream whose subjects lie under `prefix` (those of a factory's channels)."""
     import nats
 
-    client = await nats.connect(URL)
+    client = await nats.connect(url)
     try:
+        names: list[str] = []
+        while True:
+            request = {"subject": f"{prefix}.>", "offset": len(names)}
+            reply = json.loads(
+                (await client.request("$JS.API.STREAM.NAMES", json.dumps(request).encode())).data
+            )
+            page = reply.get("streams") or []
+            names += page
+            if not page or len(names) >= reply.get("total", 0):
+                break
         js = client.jetstream()
-        for info in await js.streams_info():
-            if info.config.name is not None and info.config.name.startswith(f"{prefix}-"):
-                await js.delete_stream(info.config.name)
+        for name in names:
+            await js.delete_stream(name)
     finally:
         await client.close()
 

@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from tests.conformance.kinds.nats import delete_streams
 from tests.conftest import IN_CI, require_service
 
 pytest.importorskip("nats", reason="the 'nats' extra is not installed")
 
-from nats_support import NatsServer, OpenChannel, Proxy, delete_streams, environment
+from nats_support import NatsServer, OpenChannel, Proxy, environment
 
 from tidings.channels.nats import NatsChannel
 
@@ -32,7 +33,7 @@ async def prefix(nats_url: str) -> AsyncIterator[str]:
     """A subject and stream prefix of the test's own; its streams are deleted afterwards."""
     prefix = f"it{uuid.uuid4().hex[:12]}"
     yield prefix
-    await delete_streams(nats_url, prefix)
+    await delete_streams(prefix, nats_url)
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import nats
 from tests.conftest import port_open
 
 from tidings import headers as h
@@ -61,17 +60,6 @@ async def receive_unacked(channel: NatsChannel, count: int, timeout: float = 10.
     while len(deliveries) < count and time.monotonic() < deadline:
         deliveries += await channel.receive(count - len(deliveries), timeout=0.5)
     return deliveries
-
-
-async def delete_streams(url: str, prefix: str) -> None:
-    client = await nats.connect(url)
-    try:
-        js = client.jetstream()
-        for info in await js.streams_info():
-            if info.config.name is not None and info.config.name.startswith(f"{prefix}-"):
-                await js.delete_stream(info.config.name)
-    finally:
-        await client.close()
 
 
 def free_port() -> int:
