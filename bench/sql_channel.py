@@ -13,6 +13,8 @@ alternating in slices of 2,000 messages so that both see the same machine load:
   + `ack` until every message came back; also with `durable_acks=True`, where every ack waits for the
   WAL flush (by default claims and acks commit asynchronously, see SqlChannel).
 
+Then the latency of single messages sent at 200 msg/s, received by a consumer that only NOTIFY wakes.
+
 Tables are vacuumed before each phase (this server runs with autovacuum off). The table shows medians;
 the ratio is SqlChannel's rate over the raw per-batch rate.
 """
@@ -149,6 +151,46 @@ async def one_round(
     return rates
 
 
+async def latency(url: str, rate: float, seconds: float) -> list[float]:
+    """Milliseconds from send to receive, one message at a time at `rate` per second.
+
+    The consumer has its own Database (engine and pool), as a worker process would: nothing in this
+    process wakes it, only PostgreSQL's NOTIFY. Its poll interval is 30 s, so polling cannot help.
+    """
+    name = f"bench-latency-{uuid.uuid4().hex[:8]}"
+    producer_db, consumer_db = Database(url), Database(url)
+    environment = ChannelEnvironment(app_name="bench", clock=SystemClock())
+    producer = SqlChannel(name, database=producer_db)
+    consumer = SqlChannel(name, database=consumer_db, poll_interval=30.0)
+    await producer.connect(environment)
+    await consumer.connect(environment)
+    delays: list[float] = []
+    total = int(rate * seconds)
+
+    async def consume() -> None:
+        while len(delays) < total:
+            deliveries = await consumer.receive(100, timeout=1.0)
+            arrived = time.perf_counter()
+            delays.extend((arrived - float(d.envelope.body)) * 1000 for d in deliveries)
+            await consumer.ack(deliveries)
+
+    try:
+        consuming = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.5)
+        started = time.perf_counter()
+        for n in range(total):
+            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+            await producer.send([Envelope(repr(time.perf_counter()).encode(), {h.MESSAGE_ID: str(n)})])
+        await asyncio.wait_for(consuming, timeout=30)
+    finally:
+        await producer.purge()
+        for channel in (producer, consumer):
+            await channel.close()
+        await producer_db.close()
+        await consumer_db.close()
+    return delays
+
+
 async def main(url: str, count: int, rounds: int) -> None:
     database = Database(url)
     await database.create_schema()
@@ -177,7 +219,14 @@ async def main(url: str, count: int, rounds: int) -> None:
         await connection.execute(f"DROP TABLE IF EXISTS {RAW_TABLE}")
         await connection.close()
 
+    delays = await latency(url, rate=200, seconds=5)
     report(results, count, rounds)
+    quantiles = statistics.quantiles(delays, n=100)
+    print(
+        f"\nLatency of single messages at 200 msg/s for 5 s, consumer in another engine woken by "
+        f"LISTEN/NOTIFY: p50 {statistics.median(delays):.1f} ms, p90 {quantiles[89]:.1f} ms, "
+        f"p99 {quantiles[98]:.1f} ms, max {max(delays):.1f} ms ({len(delays)} messages)"
+    )
 
 
 def report(results: dict[str, list[float]], count: int, rounds: int) -> None:

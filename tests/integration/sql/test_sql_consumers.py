@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import Counter
 
@@ -213,3 +214,29 @@ async def test_four_consumers_with_different_batch_sizes_share_mixed_priorities_
         if servers:
             for db in databases:
                 await db.close()
+
+
+async def test_a_message_falling_due_between_a_claim_and_the_wait_is_not_overlooked(
+    open_channel: OpenChannel,
+) -> None:
+    clock = ManualClock()
+    channel = await open_channel(clock=clock, poll_interval=30.0)
+    assert await channel.receive(1, timeout=1.5) == []  # idle: the poll pause has grown past 1 s
+    await channel.send([envelope(1, **{h.DELIVER_AT: repr(clock.now() + 1)})])
+    queue = channel._queue
+    assert queue is not None
+    claim = queue.claim
+
+    async def claim_then_let_time_pass(*arguments: object) -> object:
+        rows = await claim(*arguments)  # type: ignore[arg-type]
+        clock.advance(2)  # the message falls due right after this claim looked
+        return rows
+
+    queue.claim = claim_then_let_time_pass  # type: ignore[method-assign]
+    started = time.monotonic()
+    received = await channel.receive(1, timeout=3.0)
+    queue.claim = claim  # type: ignore[method-assign]
+
+    assert [d.envelope.message_id for d in received] == ["m-1"]
+    assert time.monotonic() - started < 0.5  # not after a whole poll pause
+    await channel.ack(received)

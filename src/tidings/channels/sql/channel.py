@@ -187,17 +187,17 @@ class SqlChannel(Channel):
         signal = self._signal
         while True:
             seen = signal.version
-            deliveries = await self._claim(queue, max_messages)
+            claimed_at = self._clock.now()
+            deliveries = await self._claim(queue, max_messages, claimed_at)
             if deliveries:
                 self._pause = _FIRST_PAUSE
                 return deliveries
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
-            await self._wait(queue, signal, seen, remaining)
+            await self._wait(queue, signal, seen, remaining, claimed_at)
 
-    async def _claim(self, queue: Queue, max_messages: int) -> list[Delivery]:
-        now = self._clock.now()
+    async def _claim(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
         token = random.getrandbits(63)
         claim = queue.claim
         try:
@@ -212,12 +212,15 @@ class SqlChannel(Channel):
             for row_id, _priority, headers, body, count in rows
         ]
 
-    async def _wait(self, queue: Queue, signal: Signal, seen: int, remaining: float) -> None:
+    async def _wait(
+        self, queue: Queue, signal: Signal, seen: int, remaining: float, claimed_at: float
+    ) -> None:
         """Sleep until a message may be due: a wake-up, the next due time, or the next poll."""
+        # Asked as of the claim's time, so that a message that fell due since is not overlooked.
+        next_due = await self._call(lambda: queue.next_due(self.name, claimed_at))
         now = self._clock.now()
-        next_due = await self._call(lambda: queue.next_due(self.name, now))
         if next_due is not None and next_due <= now:
-            # Due rows exist but another consumer holds them mid-claim: look again soon.
+            # Something fell due after the claim looked: look again almost at once.
             pause = _FIRST_PAUSE
         else:
             listening = False
