@@ -9,7 +9,8 @@ What maps onto what:
   processes that only send never take partitions away from the workers.
 - **Ordering.** Records are keyed by the header `key_header` (say an aggregate or tenant id; the
   message id when unset or missing), so one key's messages share a partition and are fetched in send
-  order. Deliveries are handed out in partition order; handlers running concurrently may of course
+  order. Records fetched together from several partitions are handed out interleaved by send time
+  (`tidings.timestamp`), each partition's own order kept. Handlers running concurrently may of course
   finish out of order, and a retried message comes back after the messages sent behind it.
 - **Acks and offsets.** Kafka keeps one position per partition, while deliveries are acked one by one
   and out of order. Each partition has a ledger of fetched offsets not yet settled; the position
@@ -67,6 +68,7 @@ log = logging.getLogger("tidings.channels.kafka")
 
 _DELIVER_AT: Final = h.DELIVER_AT
 _MESSAGE_ID: Final = h.MESSAGE_ID
+_TIMESTAMP: Final = h.TIMESTAMP
 _RESTART_PAUSE: Final = 1.0
 #: (topic, key, value, headers) of one record to produce.
 _Record = tuple[str, bytes | None, bytes, Headers]
@@ -75,7 +77,7 @@ _Record = tuple[str, bytes | None, bytes, Headers]
 class _Receipt:
     """One fetched record of the channel's topic: waiting to be handed out, then leased."""
 
-    __slots__ = ("deadline", "deliveries", "envelope", "extended", "ledger", "offset", "settled")
+    __slots__ = ("deadline", "deliveries", "envelope", "extended", "ledger", "offset", "sent_at", "settled")
 
     def __init__(self, envelope: Envelope, ledger: PartitionLedger, offset: int, deliveries: int) -> None:
         self.envelope = envelope
@@ -86,6 +88,12 @@ class _Receipt:
         self.deadline = 0.0
         self.extended = False
         self.settled = False
+        #: When the message was sent (its `tidings.timestamp`, else the record's timestamp).
+        self.sent_at = 0.0
+
+
+def _sent_at(receipt: _Receipt) -> float:
+    return receipt.sent_at
 
 
 @final
@@ -163,6 +171,8 @@ class KafkaChannel(Channel):
         # Fetched from the channel's topic and not yet handed out.
         self._ready: deque[_Receipt] = deque()
         self._arrived = asyncio.Event()
+        # Set whenever deliveries are settled, for a rebalance waiting on running handlers.
+        self._settled = asyncio.Event()
         self._main_paused = False
         self._ledgers: dict[Any, PartitionLedger] = {}
         # Purged partitions: records below these offsets that are still on their way are dropped.
@@ -428,9 +438,9 @@ class KafkaChannel(Channel):
     def _take(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
         """File fetched records: due ones of the channel's topic for hand-out, the rest to wait."""
         now = self._clock.now()
-        main, ledgers, ready, holding = self.topic, self._ledgers, self._ready, self._holding
-        shortest_delay = self._tiers.shortest_topic
+        main, ledgers, ready = self.topic, self._ledgers, self._ready
         purged_below = self._purged_below
+        fetched: list[list[_Receipt]] = []
         for partition, records in batches.items():
             if purged_below:
                 floor = purged_below.get((partition.topic, partition.partition), -1)
@@ -441,44 +451,59 @@ class KafkaChannel(Channel):
             if ledger is None:
                 ledger = ledgers[partition] = PartitionLedger(partition, records[0].offset)
             if partition.topic == main:
-                for record in records:
-                    offset = record.offset
-                    ledger.add(offset)
-                    headers = decode_headers(record.headers)
-                    deliveries = int(headers.pop(DELIVERIES)) + 1 if DELIVERIES in headers else 1
-                    deliver_at = headers.get(_DELIVER_AT)
-                    body = record.value or b""
-                    if deliver_at is not None and float(deliver_at) > now:
-                        # Early (sent straight to the topic by another producer, or clocks disagree):
-                        # through the delay topics with it, never to a handler.
-                        holding.hold(
-                            Held(ledger, offset, body, headers, float(deliver_at), deliveries - 1), now
-                        )
-                        continue
-                    ready.append(_Receipt(Envelope(body, headers), ledger, offset, deliveries))
-            else:
-                waits = False
-                for record in records:
-                    offset = record.offset
-                    ledger.add(offset)
-                    headers = decode_headers(record.headers)
-                    due = float(headers.pop(DUE, "0"))
-                    hop_until = float(headers.pop(HOP_UNTIL, "0"))
-                    deliveries = int(headers.pop(DELIVERIES, "0"))
-                    holding.hold(
-                        Held(ledger, offset, record.value or b"", headers, due, deliveries), hop_until
-                    )
-                    waits = waits or hop_until > now
-                if waits and partition.topic != shortest_delay:
-                    # Records behind this one end their hops later: stop reading until it left.
-                    consumer.pause(partition)
-                    self._paused_delays.add(partition)
+                fetched.append(self._take_due(ledger, records, now))
+            elif self._take_delayed(ledger, records, now) and partition.topic != self._tiers.shortest_topic:
+                # Records behind this one end their hops later: stop reading until it left.
+                consumer.pause(partition)
+                self._paused_delays.add(partition)
+        if len(fetched) > 1:
+            # Partitions interleaved by send time, so that across keys, too, older messages come first.
+            ready.extend(heapq.merge(*fetched, key=_sent_at))
+        elif fetched:
+            ready.extend(fetched[0])
         if ready:
             self._arrived.set()
             if len(ready) >= self.buffer_size and not self._main_paused:
-                main_partitions = [p for p in consumer.assignment() if p.topic == main]
-                consumer.pause(*main_partitions)
+                consumer.pause(*[p for p in consumer.assignment() if p.topic == main])
                 self._main_paused = True
+
+    def _take_due(self, ledger: PartitionLedger, records: list[Any], now: float) -> list[_Receipt]:
+        """Receipts for records of the channel's topic; early ones go to the delay topics instead."""
+        receipts: list[_Receipt] = []
+        for record in records:
+            offset = record.offset
+            ledger.add(offset)
+            headers = decode_headers(record.headers)
+            deliveries = int(headers.pop(DELIVERIES)) + 1 if DELIVERIES in headers else 1
+            deliver_at = headers.get(_DELIVER_AT)
+            body = record.value or b""
+            if deliver_at is not None and float(deliver_at) > now:
+                # Early (sent straight to the topic by another producer, or clocks disagree):
+                # through the delay topics with it, never to a handler.
+                self._holding.hold(
+                    Held(ledger, offset, body, headers, float(deliver_at), deliveries - 1), now
+                )
+                continue
+            stamp = headers.get(_TIMESTAMP)
+            receipt = _Receipt(Envelope(body, headers), ledger, offset, deliveries)
+            receipt.sent_at = float(stamp) if stamp is not None else record.timestamp / 1000
+            receipts.append(receipt)
+        return receipts
+
+    def _take_delayed(self, ledger: PartitionLedger, records: list[Any], now: float) -> bool:
+        """Hold records of a delay topic until their hops end; True if one has yet to end."""
+        waits = False
+        hold = self._holding.hold
+        for record in records:
+            offset = record.offset
+            ledger.add(offset)
+            headers = decode_headers(record.headers)
+            due = float(headers.pop(DUE, "0"))
+            hop_until = float(headers.pop(HOP_UNTIL, "0"))
+            deliveries = int(headers.pop(DELIVERIES, "0"))
+            hold(Held(ledger, offset, record.value or b"", headers, due, deliveries), hop_until)
+            waits = waits or hop_until > now
+        return waits
 
     def _resume_main(self) -> None:
         consumer = self._consumer
@@ -487,13 +512,31 @@ class KafkaChannel(Channel):
             consumer.resume(*[p for p in consumer.assignment() if p.topic == self.topic])
 
     async def _revoked(self, partitions: Any) -> None:
-        """Commit what is settled in partitions leaving this member; forget their fetched records."""
-        gone = [self._ledgers.pop(partition) for partition in partitions if partition in self._ledgers]
-        if gone:
-            await _quietly(self._committer.commit(gone))
+        """Partitions leave this member: let their running handlers finish for a moment, commit."""
+        gone = {self._ledgers.pop(partition) for partition in partitions if partition in self._ledgers}
+        self._paused_delays.difference_update(partitions)
+        if not gone:
+            return
+        # Not handed out any more: the partition's next owner fetches them from the committed position.
+        ready = [receipt for receipt in self._ready if receipt.ledger not in gone]
+        self._ready.clear()
+        self._ready.extend(ready)
+        # Handlers still running on these partitions get part of the rebalance timeout (the session
+        # timeout) to finish, so that the next owner does not run them a second time.
+        try:
+            async with asyncio.timeout(self.session_timeout / 2):
+                while self._running_on(gone):
+                    self._settled.clear()
+                    await self._settled.wait()
+        except TimeoutError:
+            pass
+        await _quietly(self._committer.commit(gone))
         for ledger in gone:
             ledger.live = False
-        self._paused_delays.difference_update(partitions)
+
+    def _running_on(self, ledgers: set[PartitionLedger]) -> bool:
+        leased = itertools.chain(self._leases, (entry[2] for entry in self._extended))
+        return any(not receipt.settled and receipt.ledger in ledgers for receipt in leased)
 
     def _assigned(self, partitions: Any) -> None:
         # A new assignment starts unpaused.
@@ -518,6 +561,7 @@ class KafkaChannel(Channel):
             receipt.settled = True
             if receipt.ledger.settle(receipt.offset):
                 touched.add(receipt.ledger)
+        self._settled.set()
         if touched:
             await self._committer.commit(touched)
 
@@ -529,6 +573,7 @@ class KafkaChannel(Channel):
             if not receipt.settled:
                 receipt.settled = True
                 receipts.append(receipt)
+        self._settled.set()
         if receipts:
             await self._redeliver(receipts, delay)
 
@@ -637,6 +682,11 @@ class KafkaChannel(Channel):
                 raise
             except Exception as error:
                 log.warning("Kafka channel %r: redelivering expired leases failed: %r", self.name, error)
+                retry_at = self._clock.now() + _RESTART_PAUSE
+                for receipt in expired:
+                    if not receipt.settled:
+                        receipt.deadline = retry_at
+                        heapq.heappush(self._extended, (retry_at, next(self._lease_sequence), receipt))
 
     def _expired(self, now: float) -> list[_Receipt]:
         expired: list[_Receipt] = []
