@@ -239,6 +239,17 @@ async def test_a_batch_with_a_message_over_the_servers_payload_limit_is_refused_
     assert await channel.depth() == 0
 
 
+async def test_a_closed_channel_connects_again_and_finds_its_messages(open_channel: OpenChannel) -> None:
+    channel = await open_channel()
+    await channel.send([message(1)])
+    await channel.close()
+
+    await channel.connect(environment())
+    received = await drain(channel, {1}, timeout=5.0)
+
+    assert received == [1]
+
+
 async def test_a_stream_deleted_under_a_running_channel_is_declared_again(
     open_channel: OpenChannel, nats_url: str
 ) -> None:

@@ -156,6 +156,7 @@ class NatsChannel(Channel):
         self._js: JetStreamContext | None = None
         self._pulls: Pulls | None = None
         self._confirmations: Confirmations | None = None
+        # Made anew by each connect, on the loop that runs the channel then.
         self._connected = asyncio.Event()
         self._closing = asyncio.Event()
         self._receiving = asyncio.Lock()
@@ -183,7 +184,7 @@ class NatsChannel(Channel):
         from ._pulls import Pulls
 
         self._clock = environment.clock
-        self._closing.clear()
+        self._connected, self._closing, self._receiving = asyncio.Event(), asyncio.Event(), asyncio.Lock()
         client = Client()
         try:
             # Few attempts at first, so that a wrong URL fails fast; unlimited ones once connected.
