@@ -29,3 +29,9 @@ def test_every_exception_derives_from_the_one_root() -> None:
 
     for name in exceptions.__all__:
         assert issubclass(getattr(exceptions, name), exceptions.TidingsError)
+
+
+def test_every_broker_channel_is_reachable_from_the_top_level_package() -> None:
+    for name in ("SqlChannel", "RedisChannel", "RabbitMQChannel", "NatsChannel", "KafkaChannel", "SqsChannel"):
+        channel_class = getattr(tidings, name)
+        assert issubclass(channel_class, tidings.Channel)

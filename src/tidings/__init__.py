@@ -41,9 +41,12 @@ from tidings.middleware.retries import Backoff, RetryPolicy, retry
 from tidings.middleware.timeout import handler_timeout
 
 if TYPE_CHECKING:
+    from tidings.channels.kafka import KafkaChannel as KafkaChannel
+    from tidings.channels.nats import NatsChannel as NatsChannel
     from tidings.channels.rabbitmq import RabbitMQChannel as RabbitMQChannel
     from tidings.channels.redis import RedisChannel as RedisChannel
     from tidings.channels.sql import SqlChannel as SqlChannel
+    from tidings.channels.sqs import SqsChannel as SqsChannel
 
 __version__ = "0.1.0"
 
@@ -96,6 +99,9 @@ _LAZY = {
     "SqlChannel": "tidings.channels.sql",
     "RedisChannel": "tidings.channels.redis",
     "RabbitMQChannel": "tidings.channels.rabbitmq",
+    "KafkaChannel": "tidings.channels.kafka",
+    "NatsChannel": "tidings.channels.nats",
+    "SqsChannel": "tidings.channels.sqs",
 }
 
 
