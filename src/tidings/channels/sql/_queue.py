@@ -1,7 +1,8 @@
 """The queue operations of `SqlChannel`, one class per database family.
 
-Hot paths are hand-written SQL run with `exec_driver_sql`: one statement per batch (a multi-row insert,
-a batch claim, a batch delete), prepared once by the driver and never compiled per call.
+Hot paths are hand-written SQL, one statement per batch (a multi-row insert, a batch claim, a batch
+delete), prepared once by the driver and never compiled per call: on PostgreSQL straight on asyncpg
+(see `_driver`), elsewhere through SQLAlchemy's `exec_driver_sql`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Queue(ABC):
         self, channel: str, now: float, lease_until: float, token: int, limit: int
     ) -> list[ClaimedRow]:
         """Lease up to `limit` due rows marked with `token`, in delivery order (highest priority
-        first, then oldest first)."""
+        first, then the oldest by id)."""
 
     @abstractmethod
     async def delete(self, ids: Sequence[int], tokens: Sequence[int]) -> None:
@@ -107,8 +108,8 @@ class Queue(ABC):
         """End the lease of rows still under one of `tokens`; receivable again from `visible_at`."""
 
     @abstractmethod
-    async def extend(self, ids: Sequence[int], tokens: Sequence[int], visible_at: float) -> None:
-        """Keep rows still under one of `tokens` leased until `visible_at`."""
+    async def extend(self, ids: Sequence[int], tokens: Sequence[int], until: float) -> None:
+        """Keep rows still under one of `tokens` leased until `until`."""
 
     async def purge(self, channel: str) -> None:
         async with self.database.single_statement() as connection:
@@ -265,8 +266,8 @@ class PostgresQueue(Queue):
     ) -> None:
         await self._drivers.execute(self._RELEASE, ids, tokens, visible_at, notify_channel(channel))
 
-    async def extend(self, ids: Sequence[int], tokens: Sequence[int], visible_at: float) -> None:
-        await self._drivers.execute(self._EXTEND, ids, tokens, visible_at)
+    async def extend(self, ids: Sequence[int], tokens: Sequence[int], until: float) -> None:
+        await self._drivers.execute(self._EXTEND, ids, tokens, until)
 
     async def purge(self, channel: str) -> None:
         await self._drivers.execute(f"DELETE FROM {_TABLE} WHERE channel = $1", channel)
@@ -341,7 +342,7 @@ class _ListQueue(Queue):
             for sql, parameters in statements:
                 await connection.exec_driver_sql(sql, (visible_at, *parameters))
 
-    async def extend(self, ids: Sequence[int], tokens: Sequence[int], visible_at: float) -> None:
+    async def extend(self, ids: Sequence[int], tokens: Sequence[int], until: float) -> None:
         statements = self._by_id(
             f"UPDATE {_TABLE} SET leased_until = {self.marker} "
             "WHERE id IN ({ids}) AND lease_token IN ({tokens})",
@@ -350,7 +351,7 @@ class _ListQueue(Queue):
         )
         async with self.database.writing() as connection:
             for sql, parameters in statements:
-                await connection.exec_driver_sql(sql, (visible_at, *parameters))
+                await connection.exec_driver_sql(sql, (until, *parameters))
 
 
 class MySqlQueue(_ListQueue):

@@ -97,7 +97,9 @@ class Wakeups:
         self._listened[channel] += 1
         if self._listened[channel] == 1:
             self._by_notify_channel[notify_channel(channel)] = channel
-            await self._add(channel)
+            # One LISTEN connection even when several channels connect at the same moment.
+            async with self._lock:
+                await self._add(channel)
 
     async def unlisten(self, channel: str) -> None:
         if self._listened[channel] <= 0:

@@ -271,8 +271,8 @@ class SqlChannel(Channel):
             return
         queue = self._connected_queue()
         ids, tokens = self._receipts(deliveries)
-        visible_at = self._clock.now() + seconds
-        await self._call(lambda: queue.extend(ids, tokens, visible_at))
+        until = self._clock.now() + seconds
+        await self._call(lambda: queue.extend(ids, tokens, until))
 
     async def purge(self) -> None:
         queue = self._connected_queue()
