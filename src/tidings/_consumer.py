@@ -40,6 +40,9 @@ OUTCOME: Final = "tidings.outcome"
 RETRIED: Final = "retried"
 DEAD_LETTERED: Final = "dead-lettered"
 _IDLE_RECEIVE_TIMEOUT: Final = 1.0
+#: A channel whose receive fails (its broker is gone) is tried again after these pauses, doubling.
+_RECEIVE_RETRY_FIRST: Final = 0.5
+_RECEIVE_RETRY_MAX: Final = 30.0
 _EMPTY_CHECK_TIMEOUT: Final = 0.05
 _MAX_FALLBACK_DELAY: Final = 60.0
 
@@ -226,6 +229,7 @@ class Consumer:
         timeout = _EMPTY_CHECK_TIMEOUT if self.stop_when_empty else _IDLE_RECEIVE_TIMEOUT
         stopping = asyncio.ensure_future(self._stopping.wait())
         receiving: asyncio.Future[list[Delivery]] | None = None
+        failures = 0
         try:
             while not self._stopping.is_set():
                 free = await self._free_slots()
@@ -235,6 +239,18 @@ class Consumer:
                 await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not receiving.done():
                     break
+                failure = receiving.exception()
+                if failure is not None:
+                    receiving = None
+                    pause = min(_RECEIVE_RETRY_FIRST * 2**failures, _RECEIVE_RETRY_MAX)
+                    failures += 1
+                    logger.error(
+                        "receiving from %r failed (%s: %s); trying again in %.1fs",
+                        channel, type(failure).__name__, failure, pause,
+                    )  # fmt: skip
+                    await asyncio.wait({stopping}, timeout=pause)
+                    continue
+                failures = 0
                 deliveries = receiving.result()
                 receiving = None
                 if deliveries:

@@ -22,6 +22,7 @@ __all__ = [
     "MESSAGE_ID",
     "MESSAGE_NAME",
     "NOT_PROPAGATED",
+    "ORDERING_KEY",
     "PRIORITY",
     "REPLAYED",
     "ROUTING_SLIP",
@@ -47,6 +48,9 @@ CONTENT_TYPE: Final = "tidings.content-type"
 ENDPOINT: Final = "tidings.endpoint"
 #: Channels the copy still has to pass through before its endpoint runs, comma separated.
 ROUTING_SLIP: Final = "tidings.routing-slip"
+#: Messages with the same key keep their order on channels that order by key (Kafka partitions,
+#: SQS FIFO message groups); set it per message, e.g. to an aggregate or tenant id.
+ORDERING_KEY: Final = "tidings.ordering-key"
 #: 1 for the first try; a delayed retry re-sends the copy with attempt + 1.
 ATTEMPT: Final = "tidings.attempt"
 #: Not to be delivered before this time, in seconds since the epoch.

@@ -610,3 +610,37 @@ async def test_flow_test_records_commands_and_events_sent_by_anyone() -> None:
 
     assert flow.recorded_commands == [PlaceOrder("o-1", 3)]
     assert flow.recorded_events == [OrderPlaced("o-1", 3)]
+
+
+async def test_a_consumer_keeps_trying_a_channel_whose_receive_fails_and_recovers() -> None:
+    handled: list[str] = []
+
+    class FlakyChannel(InMemoryChannel):  # type: ignore[misc]
+        failures_left = 2
+
+        async def receive(self, max_messages: int, timeout: float) -> list[Any]:
+            if self.failures_left:
+                self.failures_left -= 1
+                raise ConnectionError("broker unreachable")
+            return await super().receive(max_messages, timeout)
+
+    @asynchronous("work")
+    @event_handler
+    async def handle(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    work = FlakyChannel("work")
+    app = App("shop", handlers=[handle], channels=[work])
+    async with app:
+        await app.events.publish(OrderPlaced("o-1", 1))
+        consumer = app.consumer()
+        running = asyncio.ensure_future(consumer.run())
+        for _ in range(300):
+            if handled:
+                break
+            await asyncio.sleep(0.01)
+        consumer.stop("test")
+        await running
+
+    assert handled == ["o-1"]
+    assert work.failures_left == 0

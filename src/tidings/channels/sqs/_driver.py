@@ -9,7 +9,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 
 # botocore ships no type information (aiobotocore is listed as untyped in pyproject's mypy section).
-from botocore.exceptions import (  # type: ignore[import-untyped]
+from botocore.exceptions import (
     ClientError,
     HTTPClientError,
 )

@@ -77,7 +77,7 @@ __all__ = ["ORDERING_KEY", "SqsChannel"]
 logger = logging.getLogger("tidings.channels.sqs")
 
 #: The header whose value is a FIFO message's group (messages of one group keep their order).
-ORDERING_KEY: Final = "tidings.ordering-key"
+ORDERING_KEY: Final = h.ORDERING_KEY
 
 #: SQS limits: entries per batch call, bytes per batch, long-poll wait, visibility, one-hop delay.
 _BATCH: Final = 10
