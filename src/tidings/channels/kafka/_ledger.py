@@ -79,11 +79,13 @@ class PartitionLedger:
 
 
 class Committer:
-    """Commits the positions of changed ledgers; callers arriving during a commit share the next one.
+    """Commits the positions of changed ledgers, one commit at a time; what changes meanwhile goes
+    into the next one.
 
-    `commit(ledgers)` returns once a commit that started after the call covered those ledgers (or
-    failed: a failed commit is logged and left to the next one, since positions only move forward and
-    redelivery covers what never got committed).
+    `schedule(ledgers)` returns at once (acks do not wait for the broker: a crash before the commit
+    only means redelivery); `commit(ledgers)` returns once a commit that started after the call
+    covered those ledgers. A failed commit is logged and its ledgers wait for the next request, since
+    positions only move forward and redelivery covers what never got committed.
     """
 
     def __init__(self, send: Callable[[dict[Any, int]], Awaitable[None]]) -> None:
@@ -92,18 +94,19 @@ class Committer:
         self._waiters: list[asyncio.Future[None]] = []
         self._running: asyncio.Task[None] | None = None
 
-    async def commit(self, ledgers: Iterable[PartitionLedger]) -> None:
+    def schedule(self, ledgers: Iterable[PartitionLedger]) -> None:
         self._dirty.update(ledgers)
-        if not self._dirty:
-            return
+        if (self._dirty or self._waiters) and (self._running is None or self._running.done()):
+            self._running = asyncio.ensure_future(self._run())
+
+    async def commit(self, ledgers: Iterable[PartitionLedger]) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        if self._running is None or self._running.done():
-            self._running = asyncio.ensure_future(self._run())
+        self.schedule(ledgers)
         await waiter
 
     async def _run(self) -> None:
-        while self._waiters:
+        while self._dirty or self._waiters:
             waiters, self._waiters = self._waiters, []
             dirty, self._dirty = self._dirty, set()
             positions: dict[PartitionLedger, int] = {}
@@ -112,22 +115,29 @@ class Committer:
                     position = ledger.position()
                     if position > ledger.committed:
                         positions[ledger] = position
+            failed = False
             if positions:
                 try:
                     await self._send({ledger.partition: position for ledger, position in positions.items()})
                 except asyncio.CancelledError:
-                    for waiter in waiters:
+                    for waiter in waiters + self._waiters:
                         waiter.cancel()
                     raise
                 except Exception as error:
                     log.warning("committing offsets failed (the records will be delivered again): %s", error)
                     self._dirty.update(positions)
+                    failed = True
                 else:
                     for ledger, position in positions.items():
                         ledger.committed = max(ledger.committed, position)
+            if failed:
+                # Wait for the next request rather than retry at once against a broker that refused.
+                waiters, self._waiters = waiters + self._waiters, []
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+            if failed:
+                return
 
     async def close(self) -> None:
         if self._running is not None and not self._running.done():

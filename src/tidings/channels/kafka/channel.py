@@ -14,9 +14,10 @@ What maps onto what:
   finish out of order, and a retried message comes back after the messages sent behind it.
 - **Acks and offsets.** Kafka keeps one position per partition, while deliveries are acked one by one
   and out of order. Each partition has a ledger of fetched offsets not yet settled; the position
-  committed is the lowest unsettled offset, committed as acks arrive (concurrent acks share one
-  commit). After a crash the group's next owner of the partition resumes from there: unfinished
-  messages come again (with perhaps some finished ones; deduplication absorbs those).
+  committed is the lowest unsettled offset, committed in the background as acks arrive (one commit
+  at a time; acks arriving meanwhile share the next) and on close. After a crash the group's next
+  owner of the partition resumes from there: unfinished messages come again (with perhaps some
+  finished ones; deduplication absorbs those).
 - **Nack.** Kafka cannot un-read one record without holding up its partition, so a nacked delivery is
   produced again as a copy (to the channel's topic, or through the delay topics when `delay > 0`) and
   the original counts as settled once the copy is confirmed.
@@ -44,6 +45,7 @@ What maps onto what:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -70,6 +72,8 @@ _DELIVER_AT: Final = h.DELIVER_AT
 _MESSAGE_ID: Final = h.MESSAGE_ID
 _TIMESTAMP: Final = h.TIMESTAMP
 _RESTART_PAUSE: Final = 1.0
+#: How often the delay topics are still read while hand-out lags behind fetching.
+_BUSY_POLL: Final = 0.1
 #: (topic, key, value, headers) of one record to produce.
 _Record = tuple[str, bytes | None, bytes, Headers]
 
@@ -171,9 +175,10 @@ class KafkaChannel(Channel):
         # Fetched from the channel's topic and not yet handed out.
         self._ready: deque[_Receipt] = deque()
         self._arrived = asyncio.Event()
+        # Set when hand-out makes room in a full buffer.
+        self._wanted = asyncio.Event()
         # Set whenever deliveries are settled, for a rebalance waiting on running handlers.
         self._settled = asyncio.Event()
-        self._main_paused = False
         self._ledgers: dict[Any, PartitionLedger] = {}
         # Purged partitions: records below these offsets that are still on their way are dropped.
         self._purged_below: dict[tuple[str, int], int] = {}
@@ -281,7 +286,6 @@ class KafkaChannel(Channel):
         self._extended.clear()
         self._holding.clear()
         self._paused_delays.clear()
-        self._main_paused = False
 
     def _require_producer(self) -> Any:
         if self._producer is None:
@@ -383,14 +387,13 @@ class KafkaChannel(Channel):
             receipt.deadline = until
             leases.append(receipt)
             deliveries.append(Delivery(receipt.envelope, receipt, receipt.deliveries))
-        if self._main_paused and len(ready) <= self.buffer_size // 2:
-            self._resume_main()
+        if len(ready) < self.buffer_size:
+            self._wanted.set()
         return deliveries
 
     async def _consume(self) -> None:
         """Join the group, then fetch until cancelled; restarts the consumer if it fails."""
         from aiokafka import AIOKafkaConsumer
-        from aiokafka.errors import KafkaError
 
         while True:
             consumer = AIOKafkaConsumer(
@@ -423,17 +426,38 @@ class KafkaChannel(Channel):
                     asyncio.ensure_future(self._holding.run()),
                     asyncio.ensure_future(self._watch_leases()),
                 ]
-            while True:
-                try:
+            await self._fetch(consumer)
+
+    async def _fetch(self, consumer: Any) -> None:
+        """Take fetched records while hand-out keeps up; otherwise serve only the delay topics.
+
+        Records aiokafka fetched and nobody took yet stay in its buffer, and it fetches nothing more
+        for their partitions until they are taken: that is the back-pressure, without pausing the
+        channel's partitions (resuming would cost a fetch round trip each time).
+        """
+        from aiokafka.errors import KafkaError
+
+        main = self.topic
+        while True:
+            try:
+                if len(self._ready) < self.buffer_size:
                     batches = await consumer.getmany(timeout_ms=1000, max_records=self.buffer_size)
-                except asyncio.CancelledError:
-                    raise
-                except KafkaError as error:
-                    log.warning("Kafka channel %r: fetching failed: %r", self.name, error)
-                    await asyncio.sleep(_RESTART_PAUSE)
-                    continue
-                if batches:
-                    self._take(consumer, batches)
+                else:
+                    delayed = [p for p in consumer.assignment() if p.topic != main]
+                    batches = await consumer.getmany(*delayed, timeout_ms=0) if delayed else {}
+                    if not batches:
+                        self._wanted.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(_BUSY_POLL):
+                                await self._wanted.wait()
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as error:
+                log.warning("Kafka channel %r: fetching failed: %r", self.name, error)
+                await asyncio.sleep(_RESTART_PAUSE)
+                continue
+            if batches:
+                self._take(consumer, batches)
 
     def _take(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
         """File fetched records: due ones of the channel's topic for hand-out, the rest to wait."""
@@ -463,9 +487,6 @@ class KafkaChannel(Channel):
             ready.extend(fetched[0])
         if ready:
             self._arrived.set()
-            if len(ready) >= self.buffer_size and not self._main_paused:
-                consumer.pause(*[p for p in consumer.assignment() if p.topic == main])
-                self._main_paused = True
 
     def _take_due(self, ledger: PartitionLedger, records: list[Any], now: float) -> list[_Receipt]:
         """Receipts for records of the channel's topic; early ones go to the delay topics instead."""
@@ -505,12 +526,6 @@ class KafkaChannel(Channel):
             waits = waits or hop_until > now
         return waits
 
-    def _resume_main(self) -> None:
-        consumer = self._consumer
-        self._main_paused = False
-        if consumer is not None:
-            consumer.resume(*[p for p in consumer.assignment() if p.topic == self.topic])
-
     async def _revoked(self, partitions: Any) -> None:
         """Partitions leave this member: let their running handlers finish for a moment, commit."""
         gone = {self._ledgers.pop(partition) for partition in partitions if partition in self._ledgers}
@@ -540,7 +555,6 @@ class KafkaChannel(Channel):
 
     def _assigned(self, partitions: Any) -> None:
         # A new assignment starts unpaused.
-        self._main_paused = False
         self._paused_delays.clear()
 
     # -- settling ---------------------------------------------------------------------------------
@@ -552,7 +566,10 @@ class KafkaChannel(Channel):
         await consumer.commit(positions)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Settle deliveries and commit what that lets the group's positions move past."""
+        """Settle deliveries; the group's positions move past them in a commit that follows.
+
+        The commit is not awaited (acks coalesce into few commits); `close` commits what is left.
+        """
         touched: set[PartitionLedger] = set()
         for delivery in deliveries:
             receipt: _Receipt = delivery.receipt
@@ -563,7 +580,7 @@ class KafkaChannel(Channel):
                 touched.add(receipt.ledger)
         self._settled.set()
         if touched:
-            await self._committer.commit(touched)
+            self._committer.schedule(touched)
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         """Produce copies to be received again after `delay` seconds; the originals count as settled."""
@@ -601,7 +618,7 @@ class KafkaChannel(Channel):
             elif receipt.ledger.settle(receipt.offset):
                 touched.add(receipt.ledger)
         if touched:
-            await self._committer.commit(touched)
+            self._committer.schedule(touched)
         if failures:
             raise PublishFailed(
                 f"Kafka did not confirm {len(failures)} redeliveries on channel {self.name!r}: "
@@ -641,7 +658,7 @@ class KafkaChannel(Channel):
                 failures[0][1],
             )
         if touched:
-            await self._committer.commit(touched)
+            self._committer.schedule(touched)
         self._resume_drained_delays()
 
     def _resume_drained_delays(self) -> None:

