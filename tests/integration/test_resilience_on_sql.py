@@ -230,7 +230,12 @@ async def test_two_worker_processes_running_one_schedule_fire_each_tick_once(
     command = [sys.executable, "-m", "tidings.cli", "run", "tests.integration.schedule_app:app"]
     workers = [subprocess.Popen(command, env=environment, cwd=ROOT) for _ in range(2)]
     try:
-        await asyncio.sleep(6)
+        # Both workers run by the time four ticks fired (a slow start under load only delays it).
+        for _ in range(600):
+            if log.exists() and len(log.read_text().splitlines()) >= 4:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2)
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
