@@ -219,6 +219,23 @@ async def test_a_record_written_straight_to_the_topic_is_not_handed_out_before_i
     await channel.ack(received)
 
 
+async def test_records_with_malformed_headers_from_other_producers_are_handed_out(
+    open_channel: OpenChannel, raw_producer: Any
+) -> None:
+    channel = await open_channel()
+    bad = [(h.DELIVER_AT, b"soon"), (h.TIMESTAMP, b"today"), ("tidings-kafka.deliveries", b"many")]
+    await raw_producer.send_and_wait(channel.topic, b'{"n": 1}', key=b"k", headers=bad)
+    await channel.send([envelope(2)])
+
+    received = await receive_all(channel, 2)
+    await channel.ack(received)
+
+    assert sorted(number(d) for d in received) == [1, 2]
+    foreign = next(d for d in received if number(d) == 1)
+    assert foreign.envelope.headers == {h.DELIVER_AT: "soon", h.TIMESTAMP: "today"}
+    assert foreign.delivery_count == 1
+
+
 async def test_the_next_member_resumes_from_the_lowest_unacked_offset(open_channel: OpenChannel) -> None:
     first = await open_channel(partitions=1)
     await first.send([envelope(n) for n in range(10)])

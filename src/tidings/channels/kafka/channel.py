@@ -258,6 +258,7 @@ class KafkaChannel(Channel):
             self._consumer = None
             await self._leave(consumer)
         self._forget_fetched()
+        self._purged_below.clear()
         self._joined.clear()
         producer, self._producer = self._producer, None
         if producer is not None:
@@ -457,7 +458,12 @@ class KafkaChannel(Channel):
                 await asyncio.sleep(_RESTART_PAUSE)
                 continue
             if batches:
-                self._take(consumer, batches)
+                try:
+                    self._take(consumer, batches)
+                except Exception:
+                    # A bug must not silently end fetching for good: say so, and go on.
+                    log.exception("Kafka channel %r: filing fetched records failed", self.name)
+                    await asyncio.sleep(_RESTART_PAUSE)
 
     def _take(self, consumer: Any, batches: dict[Any, list[Any]]) -> None:
         """File fetched records: due ones of the channel's topic for hand-out, the rest to wait."""
@@ -495,19 +501,17 @@ class KafkaChannel(Channel):
             offset = record.offset
             ledger.add(offset)
             headers = decode_headers(record.headers)
-            deliveries = int(headers.pop(DELIVERIES)) + 1 if DELIVERIES in headers else 1
+            deliveries = _count(headers.pop(DELIVERIES)) + 1 if DELIVERIES in headers else 1
             deliver_at = headers.get(_DELIVER_AT)
             body = record.value or b""
-            if deliver_at is not None and float(deliver_at) > now:
+            if deliver_at is not None and (due := _seconds(deliver_at, now)) > now:
                 # Early (sent straight to the topic by another producer, or clocks disagree):
                 # through the delay topics with it, never to a handler.
-                self._holding.hold(
-                    Held(ledger, offset, body, headers, float(deliver_at), deliveries - 1), now
-                )
+                self._holding.hold(Held(ledger, offset, body, headers, due, deliveries - 1), now)
                 continue
             stamp = headers.get(_TIMESTAMP)
             receipt = _Receipt(Envelope(body, headers), ledger, offset, deliveries)
-            receipt.sent_at = float(stamp) if stamp is not None else record.timestamp / 1000
+            receipt.sent_at = record.timestamp / 1000 if stamp is None else _seconds(stamp, 0.0)
             receipts.append(receipt)
         return receipts
 
@@ -519,9 +523,9 @@ class KafkaChannel(Channel):
             offset = record.offset
             ledger.add(offset)
             headers = decode_headers(record.headers)
-            due = float(headers.pop(DUE, "0"))
-            hop_until = float(headers.pop(HOP_UNTIL, "0"))
-            deliveries = int(headers.pop(DELIVERIES, "0"))
+            due = _seconds(headers.pop(DUE, ""), now)
+            hop_until = _seconds(headers.pop(HOP_UNTIL, ""), now)
+            deliveries = _count(headers.pop(DELIVERIES, "0"))
             hold(Held(ledger, offset, record.value or b"", headers, due, deliveries), hop_until)
             waits = waits or hop_until > now
         return waits
@@ -814,6 +818,21 @@ def _listener(channel: KafkaChannel) -> Any:
             channel._assigned(assigned)
 
     return Listener()
+
+
+def _seconds(value: str, default: float) -> float:
+    """A time header's value; `default` for a value some other producer wrote wrong."""
+    try:
+        return float(value)
+    except ValueError:
+        return default
+
+
+def _count(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        return 0
 
 
 def _failed(error: BaseException) -> asyncio.Future[Any]:
