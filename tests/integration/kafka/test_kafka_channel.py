@@ -75,16 +75,25 @@ async def test_messages_of_one_key_are_received_in_the_order_they_were_sent(
     assert len({partition_of(d) for d in received}) > 1
 
 
-async def test_a_message_without_the_key_header_is_keyed_by_its_id(open_channel: OpenChannel) -> None:
-    channel = await open_channel(key_header="tenant")
-    await channel.send([envelope(1), envelope(1), envelope(2, tenant="acme")])
+async def test_a_message_without_the_key_header_is_keyed_by_its_ordering_key_else_by_its_id(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel(key_header="tenant", partitions=8)
+    ordered = {h.ORDERING_KEY: "order-7"}
+    await channel.send(
+        [envelope(1), envelope(1), envelope(2, tenant="acme")]
+        + [envelope(n, **ordered) for n in range(10, 30)]
+    )
 
-    received = await receive_all(channel, 3)
+    received = await receive_all(channel, 23)
     await channel.ack(received)
 
     same_id = [d for d in received if d.envelope.message_id == "m-1"]
     assert len(same_id) == 2
     assert partition_of(same_id[0]) == partition_of(same_id[1])
+    same_key = [d for d in received if h.ORDERING_KEY in d.envelope.headers]
+    assert len({partition_of(d) for d in same_key}) == 1
+    assert [number(d) for d in same_key] == list(range(10, 30))
 
 
 async def test_a_failing_message_does_not_block_its_partition(open_channel: OpenChannel) -> None:

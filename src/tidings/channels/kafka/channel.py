@@ -6,12 +6,20 @@ What maps onto what:
   one consumer group per channel (`group_id`, default `tidings-<topic>`): the workers of a channel
   share its partitions. A new group starts at the earliest offset, so nothing sent before the first
   worker joined is skipped. The group consumer joins on the first `receive`, never on `connect`:
-  processes that only send never take partitions away from the workers.
-- **Ordering.** Records are keyed by the header `key_header` (say an aggregate or tenant id; the
-  message id when unset or missing), so one key's messages share a partition and are fetched in send
-  order. Records fetched together from several partitions are handed out interleaved by send time
-  (`tidings.timestamp`), each partition's own order kept. Handlers running concurrently may of course
-  finish out of order, and a retried message comes back after the messages sent behind it.
+  processes that only send never take partitions away from the workers. The channel's copies
+  (nacks, expired leases, ended delays) go back to its own topic, so a topic is meant for one group:
+  another group reading it would see those copies too.
+- **Rebalances.** When partitions leave a member, deliveries of theirs still being handled get half
+  the session timeout to be settled before the final commit; later acks of those change nothing (the
+  next owner delivers them again). aiokafka leaves a group only from generation 1 on, so on brokers
+  that count generations from 0 (Tansu) `close` sends the LeaveGroup itself, and the next member
+  joins at once instead of after the session timeout.
+- **Ordering.** Records are keyed by the header `key_header` (say `tenant`) when set and present,
+  else by `tidings.ordering-key` (say an aggregate id) when present, else by the message id; so one
+  key's messages share a partition and are fetched in send order. Records fetched together from
+  several partitions are handed out interleaved by send time (`tidings.timestamp`), each partition's
+  own order kept. Handlers running concurrently may of course finish out of order, and a retried
+  message comes back after the messages sent behind it.
 - **Acks and offsets.** Kafka keeps one position per partition, while deliveries are acked one by one
   and out of order. Each partition has a ledger of fetched offsets not yet settled; the position
   committed is the lowest unsettled offset, committed in the background as acks arrive (one commit
@@ -70,6 +78,7 @@ log = logging.getLogger("tidings.channels.kafka")
 
 _DELIVER_AT: Final = h.DELIVER_AT
 _MESSAGE_ID: Final = h.MESSAGE_ID
+_ORDERING_KEY: Final = h.ORDERING_KEY
 _TIMESTAMP: Final = h.TIMESTAMP
 _RESTART_PAUSE: Final = 1.0
 #: How often the delay topics are still read while hand-out lags behind fetching.
@@ -106,11 +115,12 @@ class KafkaChannel(Channel):
 
     `partitions` and `replication_factor` apply when the channel creates its topics (an existing
     topic keeps its own); `delay_tiers` are the hop lengths of the delay topics in seconds, each with
-    `delay_partitions` partitions; `key_header` names the header whose value orders messages (the
-    message id when None). `session_timeout` and `heartbeat_interval` (seconds) are the group
-    member's; `fetch_max_wait` is how long the broker may hold a fetch that found nothing;
-    `buffer_size` bounds the records fetched and not yet handed out. `producer_options` and
-    `consumer_options` go to aiokafka as they are.
+    `delay_partitions` partitions; `key_header` names a header whose value orders messages, before
+    `tidings.ordering-key` and the message id. `session_timeout` and `heartbeat_interval` (seconds)
+    are the group member's; `fetch_max_wait` is how long the broker may hold a fetch that found
+    nothing; `buffer_size` bounds the records fetched and not yet handed out. `producer_options` and
+    `consumer_options` go to aiokafka's producer and consumer, over the channel's own settings
+    (except the group id and manual commits, which the channel relies on).
     """
 
     capabilities = Capabilities(delay=True, priority=False, ordered=True)
@@ -162,7 +172,9 @@ class KafkaChannel(Channel):
         self.producer_options = dict(producer_options or {})
         self.consumer_options = dict(consumer_options or {})
         self._tiers = DelayTiers(self.topic, delay_tiers)
-        self._key_names = (key_header, _MESSAGE_ID) if key_header else (_MESSAGE_ID,)
+        self._key_names = tuple(
+            dict.fromkeys(name for name in (key_header, _ORDERING_KEY, _MESSAGE_ID) if name)
+        )
         self._clock: Clock = SystemClock()
         self._client_id = f"tidings-{name}"
         self._broker: Broker | None = None
@@ -211,11 +223,13 @@ class KafkaChannel(Channel):
         broker = Broker(self.bootstrap_servers, self._client_id, self.request_timeout)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
-            client_id=self._client_id,
-            acks="all",
-            linger_ms=1,
-            request_timeout_ms=int(self.request_timeout * 1000),
-            **self.producer_options,
+            **{
+                "client_id": self._client_id,
+                "acks": "all",
+                "linger_ms": 1,
+                "request_timeout_ms": int(self.request_timeout * 1000),
+                **self.producer_options,
+            },
         )
         try:
             await broker.start()
@@ -399,15 +413,17 @@ class KafkaChannel(Channel):
         while True:
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap_servers,
-                client_id=self._client_id,
                 group_id=self.group_id,
                 enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=int(self.session_timeout * 1000),
-                heartbeat_interval_ms=int(self.heartbeat_interval * 1000),
-                fetch_max_wait_ms=int(self.fetch_max_wait * 1000),
-                request_timeout_ms=int(self.request_timeout * 1000),
-                **self.consumer_options,
+                **{
+                    "client_id": self._client_id,
+                    "auto_offset_reset": "earliest",
+                    "session_timeout_ms": int(self.session_timeout * 1000),
+                    "heartbeat_interval_ms": int(self.heartbeat_interval * 1000),
+                    "fetch_max_wait_ms": int(self.fetch_max_wait * 1000),
+                    "request_timeout_ms": int(self.request_timeout * 1000),
+                    **self.consumer_options,
+                },
             )
             consumer.subscribe(topics=[self.topic, *self._tiers.topics], listener=_listener(self))
             try:
