@@ -91,6 +91,9 @@ async def one_round(kind: str, rate: float, seconds: float) -> tuple[float, floa
         consumer.stop("done")
         await running
         await channel.purge()
+        delete = getattr(channel, "delete", None)  # brokers keep queues; remove this run's
+        if delete is not None:
+            await delete()
     quantiles = statistics.quantiles(latencies, n=100)
     return quantiles[49] * 1000, quantiles[98] * 1000
 

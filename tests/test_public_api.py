@@ -32,6 +32,13 @@ def test_every_exception_derives_from_the_one_root() -> None:
 
 
 def test_every_broker_channel_is_reachable_from_the_top_level_package() -> None:
-    for name in ("SqlChannel", "RedisChannel", "RabbitMQChannel", "NatsChannel", "KafkaChannel", "SqsChannel"):
+    for name in (
+        "SqlChannel",
+        "RedisChannel",
+        "RabbitMQChannel",
+        "NatsChannel",
+        "KafkaChannel",
+        "SqsChannel",
+    ):
         channel_class = getattr(tidings, name)
         assert issubclass(channel_class, tidings.Channel)

@@ -239,9 +239,7 @@ async def _fire(app: App, schedule: Schedule, lock: ScheduleLock, tick: float) -
     try:
         if not await lock.claim(schedule.name, tick):
             return
-        logger.info(
-            "schedule %s fires for %s", schedule.name, datetime.fromtimestamp(tick, UTC).isoformat()
-        )
+        logger.info("schedule %s fires for %s", schedule.name, datetime.fromtimestamp(tick, UTC).isoformat())
         await schedule.fire(app)
     except Exception:
         logger.exception("schedule %s failed at tick %s", schedule.name, tick)
