@@ -358,6 +358,10 @@ class App:
 
     async def _close(self, channels: list[Channel], extensions: list[Extension]) -> None:
         await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
+        for store in (self.dead_letters.store, self.deduplication_store):
+            close = getattr(store, "close", None)  # stores with a connection of their own
+            if close is not None:
+                await close()
         for extension in reversed(extensions):
             await extension.stop()
         if self._executor is not None:

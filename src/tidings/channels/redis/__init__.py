@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .channel import RedisChannel
+from .deduplication import RedisDeduplicationStore
 
-__all__ = ["RedisChannel"]
+__all__ = ["RedisChannel", "RedisDeduplicationStore"]
