@@ -61,6 +61,9 @@ class ConsumerStats:
     failed: int = 0
     expired: int = 0
     relayed: int = 0
+    #: Age in seconds of the oldest message in the last relayed batch (outbox lag), and the worst seen.
+    relay_lag: float = 0.0
+    max_relay_lag: float = 0.0
     #: Given back to the channel on stop, unhandled, without costing an attempt.
     returned: int = 0
     stopped_because: str = ""
@@ -448,7 +451,16 @@ class Consumer:
             for delivery in batch:
                 acker.ack(delivery)
             self.stats.relayed += len(batch)
+            self._note_relay_lag(batch)
             self._count_handled(len(batch), counted=False)
+
+    def _note_relay_lag(self, batch: list[Delivery]) -> None:
+        stamps = [float(d.envelope.headers.get(h.TIMESTAMP, "inf")) for d in batch]
+        oldest = min(stamps)
+        if oldest != float("inf"):
+            lag = max(self.app.clock.now() - oldest, 0.0)
+            self.stats.relay_lag = lag
+            self.stats.max_relay_lag = max(self.stats.max_relay_lag, lag)
 
     def _count_handled(self, count: int = 1, *, counted: bool = True) -> None:
         if counted:

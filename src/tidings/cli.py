@@ -75,11 +75,15 @@ def run(app_reference: str, channels: tuple[str, ...], **options: Any) -> None:
         async with app:
             stats = await app.run(*channels, handle_signals=True, **options)
         logging.getLogger("tidings").info(
-            "stopped (%s): %d handled, %d relayed, %d failed, %d expired, %d returned",
+            "stopped (%s): %d handled, %d relayed (worst outbox lag %.2fs), %d retried, "
+            "%d dead-lettered, %d duplicates, %d expired, %d returned",
             stats.stopped_because or "done",
             stats.handled,
             stats.relayed,
-            stats.failed,
+            stats.max_relay_lag,
+            stats.retried,
+            stats.dead_lettered,
+            stats.duplicates,
             stats.expired,
             stats.returned,
         )
@@ -117,6 +121,28 @@ def endpoints(app_reference: str) -> None:
             ", ".join(policies),
             endpoint.qualname,
         )
+    Console().print(table)
+
+
+@main.command()
+@click.argument("app_reference", metavar="MODULE:APP")
+def channels(app_reference: str) -> None:
+    """How many messages wait in each channel (delayed and in-flight ones included)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    app = load_app(app_reference)
+
+    async def depths() -> dict[str, int]:
+        async with app:
+            return {name: await channel.depth() for name, channel in app.channels.items()}
+
+    table = Table(title=f"channels of {app.name}")
+    table.add_column("channel")
+    table.add_column("kind")
+    table.add_column("waiting", justify="right")
+    for name, depth in asyncio.run(depths()).items():
+        table.add_row(name, type(app.channel(name)).__name__, str(depth))
     Console().print(table)
 
 

@@ -64,6 +64,15 @@ def test_db_init_is_idempotent_and_db_sql_prints_every_table(app_module: str) ->
         assert f"CREATE TABLE {table}" in ddl
 
 
+def test_channels_shows_how_many_messages_wait_in_each(app_module: str) -> None:
+    invoke("db", "init", app_module)
+
+    output = invoke("channels", app_module)
+
+    assert "work" in output
+    assert "SqlChannel" in output
+
+
 def test_endpoints_lists_each_endpoint_with_its_channel(app_module: str) -> None:
     output = invoke("endpoints", app_module)
 

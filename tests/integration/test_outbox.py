@@ -156,6 +156,7 @@ async def test_the_outbox_relays_to_the_next_channel_where_the_handler_runs(data
 
         relayed = await app.run(outbox, stop_when_empty=True)
         assert (relayed.relayed, handled) == (1, [])
+        assert 0 <= relayed.max_relay_lag < 30  # how long the message waited in the outbox
         await app.run(queue, stop_when_empty=True)
 
     assert handled == ["o-1"]
