@@ -233,15 +233,7 @@ class KafkaChannel(Channel):
         )
         try:
             await broker.start()
-            self._partition_counts = await broker.ensure_topics(
-                [
-                    TopicSpec(self.topic, self.partitions, self.replication_factor),
-                    *(
-                        TopicSpec(topic, self.delay_partitions, self.replication_factor)
-                        for topic in self._tiers.topics
-                    ),
-                ]
-            )
+            self._partition_counts = await broker.ensure_topics(self._topic_specs())
             await producer.start()
         except Exception as error:
             await _quietly(producer.stop())
@@ -252,6 +244,15 @@ class KafkaChannel(Channel):
             ) from error
         self._broker, self._producer = broker, producer
         self._closed = False
+
+    def _topic_specs(self) -> list[TopicSpec]:
+        return [
+            TopicSpec(self.topic, self.partitions, self.replication_factor),
+            *(
+                TopicSpec(topic, self.delay_partitions, self.replication_factor)
+                for topic in self._tiers.topics
+            ),
+        ]
 
     async def close(self) -> None:
         """Stop consuming and producing; deliveries not acked are fetched again by the group."""
@@ -565,7 +566,7 @@ class KafkaChannel(Channel):
                     await self._settled.wait()
         except TimeoutError:
             pass
-        await _quietly(self._committer.commit(gone))
+        await _quietly(asyncio.wait_for(self._committer.commit(gone), self.session_timeout / 4))
         for ledger in gone:
             ledger.live = False
 
@@ -583,7 +584,10 @@ class KafkaChannel(Channel):
         consumer = self._consumer
         if consumer is None:
             raise ChannelUnavailable("no group consumer", channel=self.name)
-        await consumer.commit(positions)
+        # aiokafka retries some refusals (an unknown topic, say) for as long as it is let: a commit
+        # that cannot succeed within a session must not hold up the next one, nor a rebalance.
+        async with asyncio.timeout(self.session_timeout):
+            await consumer.commit(positions)
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         """Settle deliveries; the group's positions move past them in a commit that follows.
