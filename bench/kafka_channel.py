@@ -14,6 +14,8 @@ and is not what is measured):
 - *App consumer*: the same sends, drained by `app.run(message_limit=N, concurrency=100,
   batch_size=100)` with an `@event_handler` that decodes each message into a dataclass: receive,
   decode, deduplication check, handler, batched acks and commits.
+- *App consumer on InMemoryChannel*: the same app and messages on the in-memory channel, no broker
+  at all: the ceiling the app's own per-message work sets, shown for scale.
 
 The table shows medians over the rounds (messages per second); the ratios are each tidings loop's
 send and drain rates over the raw loop's.
@@ -38,8 +40,9 @@ from tidings import App, asynchronous, event_handler
 from tidings import headers as h
 from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
+from tidings.channels.base import Channel, ChannelEnvironment
 from tidings.channels.kafka import KafkaChannel
+from tidings.channels.memory import InMemoryChannel
 
 SEND_BATCH = 256
 RECEIVE_BATCH = 100
@@ -130,7 +133,7 @@ async def join(channel: KafkaChannel) -> None:
         assert await channel.receive(1, timeout=0.1) == []
 
 
-async def send_all(channel: KafkaChannel, messages: list[Envelope]) -> float:
+async def send_all(channel: Channel, messages: list[Envelope]) -> float:
     started = time.perf_counter()
     for first in range(0, len(messages), SEND_BATCH):
         await channel.send(messages[first : first + SEND_BATCH])
@@ -198,18 +201,38 @@ async def app_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
     return Timing(sent, drained - started)
 
 
+async def memory_loop(messages: list[Envelope]) -> Timing:
+    channel = InMemoryChannel("bench-memory")
+    handled = [0]
+
+    @asynchronous(channel.name)
+    @event_handler(endpoint_id="handle_order")
+    async def handle_order(event: OrderPlaced) -> None:
+        handled[0] += 1
+
+    app = App("bench", handlers=[handle_order], channels=[channel])
+    async with app:
+        sent = await send_all(channel, messages)
+        started = time.perf_counter()
+        await app.run(channel.name, message_limit=len(messages), concurrency=100, batch_size=RECEIVE_BATCH)
+        drained = time.perf_counter()
+        assert handled[0] == len(messages), handled[0]
+    return Timing(sent, drained - started)
+
+
 def rate(count: int, seconds: list[float]) -> float:
     return count / statistics.median(seconds)
 
 
 async def main(count: int, rounds: int, bootstrap: str) -> None:
     messages = envelopes(count)
-    results: dict[str, list[Timing]] = {"raw": [], "channel": [], "app": []}
+    results: dict[str, list[Timing]] = {"raw": [], "channel": [], "app": [], "memory": []}
     await channel_loop(bootstrap, messages[:2000])  # warm up: code paths hot
     for _ in range(rounds):
         results["raw"].append(await raw_loop(bootstrap, messages))
         results["channel"].append(await channel_loop(bootstrap, messages))
         results["app"].append(await app_loop(bootstrap, messages))
+        results["memory"].append(await memory_loop(messages))
 
     raw_send = rate(count, [t.send for t in results["raw"]])
     raw_drain = rate(count, [t.drain for t in results["raw"]])
@@ -220,6 +243,7 @@ async def main(count: int, rounds: int, bootstrap: str) -> None:
         "raw": "raw aiokafka: send() futures (256 at a time, linger 5 ms) + getmany() + commit()",
         "channel": "KafkaChannel: send(256) + receive(100) + ack(batch)",
         "app": "App consumer on KafkaChannel (concurrency 100, batch 100)",
+        "memory": "App consumer on InMemoryChannel, no broker (the same app, for scale)",
     }
     for key, name in names.items():
         send = rate(count, [t.send for t in results[key]])

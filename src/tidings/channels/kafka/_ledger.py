@@ -9,6 +9,7 @@ finished (and perhaps some that were; deduplication absorbs those), never loses 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -88,11 +89,15 @@ class Committer:
     positions only move forward and redelivery covers what never got committed.
     """
 
-    def __init__(self, send: Callable[[dict[Any, int]], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[dict[Any, int]], Awaitable[None]], interval: float = 0.0) -> None:
         self._send = send
+        #: Least time between two scheduled commits; `commit` does not wait for it.
+        self.interval = interval
         self._dirty: set[PartitionLedger] = set()
         self._waiters: list[asyncio.Future[None]] = []
         self._running: asyncio.Task[None] | None = None
+        self._urgent = asyncio.Event()
+        self._last_sent = float("-inf")
 
     def schedule(self, ledgers: Iterable[PartitionLedger]) -> None:
         self._dirty.update(ledgers)
@@ -102,11 +107,19 @@ class Committer:
     async def commit(self, ledgers: Iterable[PartitionLedger]) -> None:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._urgent.set()
         self.schedule(ledgers)
         await waiter
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._dirty or self._waiters:
+            pause = self._last_sent + self.interval - loop.time()
+            if pause > 0 and not self._waiters:
+                self._urgent.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._urgent.wait()
             waiters, self._waiters = self._waiters, []
             dirty, self._dirty = self._dirty, set()
             positions: dict[PartitionLedger, int] = {}
@@ -117,6 +130,7 @@ class Committer:
                         positions[ledger] = position
             failed = False
             if positions:
+                self._last_sent = loop.time()
                 try:
                     await self._send({ledger.partition: position for ledger, position in positions.items()})
                 except asyncio.CancelledError:

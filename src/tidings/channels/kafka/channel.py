@@ -23,7 +23,8 @@ What maps onto what:
 - **Acks and offsets.** Kafka keeps one position per partition, while deliveries are acked one by one
   and out of order. Each partition has a ledger of fetched offsets not yet settled; the position
   committed is the lowest unsettled offset, committed in the background as acks arrive (one commit
-  at a time; acks arriving meanwhile share the next) and on close. After a crash the group's next
+  at a time, at most one per `commit_interval`; acks arriving meanwhile share the next) and on
+  close. After a crash the group's next
   owner of the partition resumes from there: unfinished messages come again (with perhaps some
   finished ones; deduplication absorbs those).
 - **Nack.** Kafka cannot un-read one record without holding up its partition, so a nacked delivery is
@@ -118,9 +119,10 @@ class KafkaChannel(Channel):
     `delay_partitions` partitions; `key_header` names a header whose value orders messages, before
     `tidings.ordering-key` and the message id. `session_timeout` and `heartbeat_interval` (seconds)
     are the group member's; `fetch_max_wait` is how long the broker may hold a fetch that found
-    nothing; `buffer_size` bounds the records fetched and not yet handed out. `producer_options` and
-    `consumer_options` go to aiokafka's producer and consumer, over the channel's own settings
-    (except the group id and manual commits, which the channel relies on).
+    nothing; `buffer_size` bounds the records fetched and not yet handed out; `commit_interval` is the
+    least time between two commits of acked offsets (a crash redelivers at most that much more).
+    `producer_options` and `consumer_options` go to aiokafka's producer and consumer, over the
+    channel's own settings (except the group id and manual commits, which the channel relies on).
     """
 
     capabilities = Capabilities(delay=True, priority=False, ordered=True)
@@ -142,6 +144,7 @@ class KafkaChannel(Channel):
         heartbeat_interval: float = 3.0,
         fetch_max_wait: float = 0.1,
         buffer_size: int = 2000,
+        commit_interval: float = 0.05,
         request_timeout: float = 30.0,
         producer_options: Mapping[str, Any] | None = None,
         consumer_options: Mapping[str, Any] | None = None,
@@ -168,6 +171,7 @@ class KafkaChannel(Channel):
         self.heartbeat_interval = heartbeat_interval
         self.fetch_max_wait = fetch_max_wait
         self.buffer_size = buffer_size
+        self.commit_interval = commit_interval
         self.request_timeout = request_timeout
         self.producer_options = dict(producer_options or {})
         self.consumer_options = dict(consumer_options or {})
@@ -200,7 +204,7 @@ class KafkaChannel(Channel):
         self._extended: list[tuple[float, int, _Receipt]] = []
         self._lease_sequence = itertools.count()
         self._holding = Holding(self._clock, self._forward)
-        self._committer = Committer(self._commit_offsets)
+        self._committer = Committer(self._commit_offsets, commit_interval)
         self._closed = True
 
     def __repr__(self) -> str:
