@@ -61,5 +61,13 @@ def cleanup() -> None:
     import redis
 
     client = redis.Redis.from_url(config.REDIS_URL)
-    client.delete(_QUEUE, f"_kombu.binding.{_QUEUE}", "unacked", "unacked_index", "unacked_mutex")
+    client.delete(
+        _QUEUE,
+        f"_kombu.binding.{_QUEUE}",
+        f"_kombu.binding_permanent.{_QUEUE}",
+        "_kombu.binding_deadlines",
+        "unacked",
+        "unacked_index",
+        "unacked_mutex",
+    )
     client.close()
