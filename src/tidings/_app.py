@@ -28,7 +28,7 @@ from tidings.channels.base import Channel, ChannelEnvironment
 from tidings.dead_letter import DeadLetters, DeadLetterStore, InMemoryDeadLetterStore
 from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware, Outgoing, SendNext, wraps_handling, wraps_sending
-from tidings.middleware.dead_letter import DeadLetterFailurePolicy, DeadLetterMiddleware
+from tidings.middleware.dead_letter import DeadLetterFailurePolicy, dead_letter_on_give_up
 from tidings.middleware.deduplication import (
     DeduplicationMiddleware,
     DeduplicationStore,
@@ -174,9 +174,11 @@ class App:
                 f"channel_retry_policies names channels the app does not declare: {sorted(unknown)}"
             )
         resilience: list[Middleware] = [
-            DeadLetterMiddleware(self),
             RetryMiddleware(
-                retry_policy or RetryPolicy(), channel_retry_policies or {}, self._in_transaction
+                retry_policy or RetryPolicy(),
+                channel_retry_policies or {},
+                self._in_transaction,
+                give_up=dead_letter_on_give_up(self),
             ),
             TimeoutMiddleware(),
             DeduplicationMiddleware(

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from tidings._consumer import DEAD_LETTERED, OUTCOME, FailurePolicy
 from tidings.dead_letter import DeadLetter, DeadLetters
 from tidings.exceptions import EndpointNotFound, MessageExpired
-from tidings.middleware.base import CallNext, Middleware
 
 if TYPE_CHECKING:
     from tidings._app import App
     from tidings._context import MessageContext
     from tidings._message import Envelope
-    from tidings._registry import Endpoint
     from tidings.channels.base import Channel, Delivery
 
-__all__ = ["DeadLetterFailurePolicy", "DeadLetterMiddleware", "bury"]
+__all__ = ["DeadLetterFailurePolicy", "bury", "dead_letter_on_give_up"]
 
 logger = logging.getLogger("tidings.dead_letter")
 
@@ -50,34 +49,22 @@ async def bury(
     return letter
 
 
-class DeadLetterMiddleware(Middleware):
-    """Catches what retries gave up on and keeps it in the dead-letter store; the message is acked."""
+def dead_letter_on_give_up(app: App) -> Callable[[MessageContext, Exception], Awaitable[None]]:
+    """What retries do with a failure they give up on: keep the message in the dead-letter store."""
 
-    order = -50
+    async def give_up(context: MessageContext, error: Exception) -> None:
+        assert context.envelope is not None and context.channel is not None
+        await bury(
+            app.dead_letters,
+            context.envelope,
+            channel=context.channel,
+            reason="failed",
+            error=error,
+            now=app.clock.now(),
+        )
+        context.scope[OUTCOME] = DEAD_LETTERED
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-
-    def applies_to(self, endpoint: Endpoint) -> bool:
-        return endpoint.is_asynchronous
-
-    async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        if context.delivery is None or context.raise_errors:
-            return await call_next(context)
-        try:
-            return await call_next(context)
-        except Exception as error:
-            assert context.envelope is not None and context.channel is not None
-            await bury(
-                self.app.dead_letters,
-                context.envelope,
-                channel=context.channel,
-                reason="failed",
-                error=error,
-                now=self.app.clock.now(),
-            )
-            context.scope[OUTCOME] = DEAD_LETTERED
-            return None
+    return give_up
 
 
 class DeadLetterFailurePolicy(FailurePolicy):

@@ -174,10 +174,15 @@ class DeduplicationMiddleware(Middleware):
             now = self.app.clock.now()
             if now >= self._next_purge:
                 self._purge_soon(store, now)
+            if type(store) is InMemoryDeduplicationStore:
+                # The default without a database: plain dict work, no round trips to await.
+                if slot in store._handled:
+                    return self._skip(context, tracking, key)
+                result = await call_next(context)
+                store._handled[slot] = now
+                return result
             if await store.contains(tracking, key):
-                logger.info("skipped duplicate of %s for %s (key %s)", context.message_id, tracking, key)
-                context.scope[OUTCOME] = DUPLICATE
-                return None
+                return self._skip(context, tracking, key)
             if self.in_transaction():
                 # Claimed in the handler's transaction: commits or rolls back with its effects.
                 await store.add(tracking, key, now)
@@ -189,6 +194,11 @@ class DeduplicationMiddleware(Middleware):
             waiter = in_flight.pop(slot)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    @staticmethod
+    def _skip(context: MessageContext, tracking: str, key: str) -> None:
+        logger.info("skipped duplicate of %s for %s (key %s)", context.message_id, tracking, key)
+        context.scope[OUTCOME] = DUPLICATE
 
     def _purge_soon(self, store: DeduplicationStore, now: float) -> None:
         if self._purging is not None and not self._purging.done():

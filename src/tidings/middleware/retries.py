@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, final
@@ -134,13 +134,20 @@ def retry(policy: RetryPolicy | None = None, **options: Any) -> Callable[[F], F]
 
 
 class RetryMiddleware(Middleware):
-    """Retries failed handlings of asynchronous endpoints; the last failure propagates outward."""
+    """Retries failed handlings of asynchronous endpoints, then gives the last failure up (to the
+    dead-letter store). Nothing wraps the handler for this on the way in but this one frame."""
 
     order = -40
 
     def __init__(
-        self, default: RetryPolicy, per_channel: Mapping[str, RetryPolicy], in_transaction: Callable[[], bool]
+        self,
+        default: RetryPolicy,
+        per_channel: Mapping[str, RetryPolicy],
+        in_transaction: Callable[[], bool],
+        give_up: Callable[[MessageContext, Exception], Awaitable[None]],
     ) -> None:
+        #: Called with the last failure when retrying is over (the dead letter); may raise.
+        self.give_up = give_up
         self.default = default
         self.per_channel = dict(per_channel)
         self.in_transaction = in_transaction
@@ -164,7 +171,8 @@ class RetryMiddleware(Middleware):
             except Exception as error:
                 policy = self.policy_for(context.endpoint)
                 if not policy.retries(error):
-                    raise
+                    await self.give_up(context, error)
+                    return None
                 if instant < policy.instant_retries and not self.in_transaction():
                     instant += 1
                     logger.warning(
@@ -175,7 +183,8 @@ class RetryMiddleware(Middleware):
                     continue
                 attempt = context.attempt
                 if attempt >= policy.max_attempts:
-                    raise
+                    await self.give_up(context, error)
+                    return None
                 await self._retry_later(context, policy, attempt, error)
                 context.scope[OUTCOME] = RETRIED
                 return None
