@@ -35,6 +35,8 @@ __all__ = ["DEAD_LETTERED", "OUTCOME", "RETRIED", "Consumer", "ConsumerStats", "
 logger = logging.getLogger("tidings.consumer")
 
 _ROUTING_SLIP: Final = h.ROUTING_SLIP
+_EXPIRES_AT: Final = h.EXPIRES_AT
+_ENDPOINT: Final = h.ENDPOINT
 #: Key in `MessageContext.scope` where failure handling records what it did instead of handling.
 OUTCOME: Final = "tidings.outcome"
 RETRIED: Final = "retried"
@@ -334,13 +336,13 @@ class Consumer:
         headers = delivery.envelope.headers
         context: MessageContext | None = None
         try:
-            expires_at = headers.get(h.EXPIRES_AT)
+            expires_at = headers.get(_EXPIRES_AT)
             if expires_at is not None and float(expires_at) <= app.clock.now():
                 raise MessageExpired(
                     f"message {delivery.envelope.message_id} expired before it was received",
                     envelope=delivery.envelope,
                 )
-            endpoint = app.endpoints.get(headers.get(h.ENDPOINT, ""))
+            endpoint = app.endpoints.get(headers.get(_ENDPOINT, ""))
             if endpoint is None:
                 raise EndpointNotFound(
                     f"message {delivery.envelope.message_id} on channel '{channel.name}' is for "

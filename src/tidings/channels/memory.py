@@ -55,16 +55,16 @@ class InMemoryChannel(Channel):
             self._changed.set()
             self._changed = None
 
-    def _push(self, item: _Item) -> None:
-        deliver_at = item.envelope.deliver_at
-        if deliver_at is not None and deliver_at > self._clock.now():
-            heapq.heappush(self._delayed, (deliver_at, next(self._sequence), item))
-        else:
-            heapq.heappush(self._ready, (-item.priority, next(self._sequence), item))
-
     async def send(self, envelopes: Sequence[Envelope]) -> None:
+        now = self._clock.now()
+        delayed, ready, sequence = self._delayed, self._ready, self._sequence
         for envelope in envelopes:
-            self._push(_Item(envelope, envelope.priority))
+            item = _Item(envelope, envelope.priority)
+            deliver_at = envelope.deliver_at
+            if deliver_at is not None and deliver_at > now:
+                heapq.heappush(delayed, (deliver_at, next(sequence), item))
+            else:
+                heapq.heappush(ready, (-item.priority, next(sequence), item))
         self._notify()
 
     def _release_due(self, now: float) -> None:
