@@ -56,12 +56,11 @@ class InMemoryChannel(Channel):
             self._changed = None
 
     async def send(self, envelopes: Sequence[Envelope]) -> None:
-        now = self._clock.now()
         delayed, ready, sequence = self._delayed, self._ready, self._sequence
         for envelope in envelopes:
             item = _Item(envelope, envelope.priority)
             deliver_at = envelope.deliver_at
-            if deliver_at is not None and deliver_at > now:
+            if deliver_at is not None and deliver_at > self._clock.now():
                 heapq.heappush(delayed, (deliver_at, next(sequence), item))
             else:
                 heapq.heappush(ready, (-item.priority, next(sequence), item))
