@@ -225,10 +225,13 @@ class Consumer:
     # -- receiving --------------------------------------------------------------------------------
 
     async def _free_slots(self) -> int:
-        while self._active >= self.concurrency:
+        # Up to one batch is received ahead of the workers, so that receives stay full batches even
+        # with few workers; what waits keeps its lease (see _heartbeat) and goes back on stop.
+        capacity = self.concurrency + self.batch_size
+        while self._active >= capacity:
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        return self.concurrency - self._active
+        return capacity - self._active
 
     async def _receive_loop(self, channel: Channel) -> None:
         timeout = _EMPTY_CHECK_TIMEOUT if self.stop_when_empty else _IDLE_RECEIVE_TIMEOUT
@@ -309,8 +312,10 @@ class Consumer:
         """One of `concurrency` long-lived workers; cheaper than a task per message."""
         loop = asyncio.get_running_loop()
         queue = self._queue
+        stopping = self._stopping
         while True:
-            while not queue:
+            # Once stopping, nothing new starts: what waits in the queue goes back to its channel.
+            while not queue or stopping.is_set():
                 waiter = loop.create_future()
                 self._idle.append(waiter)
                 await waiter
@@ -482,7 +487,8 @@ class Consumer:
         interval = channel.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            leased = [d for job in self._running if job.channel is channel for d in job.deliveries]
+            held = [*self._running, *self._queue]
+            leased = [d for job in held if job.channel is channel for d in job.deliveries]
             if leased:
                 try:
                     await channel.extend_lease(leased, channel.lease_seconds)

@@ -384,8 +384,7 @@ async def test_stopping_lets_in_flight_handlers_finish_and_leaves_the_rest(
 
         assert finished == started
         assert stats.handled == len(finished)
-        assert stats.returned == 0
-        assert await work.depth() == 6 - len(finished)
+        assert await work.depth() == 6 - len(finished)  # received ahead or not: all still there
 
 
 # -- worker processes ---------------------------------------------------------------------------------
