@@ -25,22 +25,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
+import _harness as harness
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tidings import App, asynchronous, event_handler
-from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import Channel, ChannelEnvironment
 from tidings.channels.kafka import KafkaChannel
 from tidings.channels.memory import InMemoryChannel
 
@@ -51,37 +45,7 @@ PARTITIONS = 4
 TIMINGS = {"session_timeout": 2.0, "heartbeat_interval": 0.5}
 
 
-@dataclass
-class OrderPlaced:
-    order_id: str
-    total: int
-
-
-def envelopes(count: int) -> list[Envelope]:
-    now = repr(time.time())
-    return [
-        Envelope(
-            msgspec.json.encode({"order_id": f"o-{n}", "total": n}),
-            {
-                h.MESSAGE_ID: str(uuid.uuid4()),
-                h.ENDPOINT: "handle_order",
-                h.MESSAGE_NAME: "OrderPlaced",
-                h.CONTENT_TYPE: "application/json",
-                h.TIMESTAMP: now,
-                h.CORRELATION_ID: str(uuid.uuid4()),
-            },
-        )
-        for n in range(count)
-    ]
-
-
-@dataclass
-class Timing:
-    send: float
-    drain: float
-
-
-async def raw_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
+async def raw_loop(bootstrap: str, messages: list[Envelope]) -> harness.Timing:
     topic = f"bench-raw-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -120,7 +84,7 @@ async def raw_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
             if batches:
                 await consumer.commit()
         drained = time.perf_counter()
-        return Timing(sent - started, drained - sent)
+        return harness.Timing(sent - started, drained - sent)
     finally:
         await consumer.stop()
         await producer.stop()
@@ -131,13 +95,6 @@ async def raw_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
 async def join(channel: KafkaChannel) -> None:
     while not (channel._consumer is not None and channel._consumer.assignment()):
         assert await channel.receive(1, timeout=0.1) == []
-
-
-async def send_all(channel: Channel, messages: list[Envelope]) -> float:
-    started = time.perf_counter()
-    for first in range(0, len(messages), SEND_BATCH):
-        await channel.send(messages[first : first + SEND_BATCH])
-    return time.perf_counter() - started
 
 
 async def delete_topics(bootstrap: str, channel: KafkaChannel) -> None:
@@ -154,41 +111,26 @@ def new_channel(bootstrap: str) -> KafkaChannel:
     return KafkaChannel(name, bootstrap_servers=bootstrap, partitions=PARTITIONS, **TIMINGS)
 
 
-async def channel_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
+async def channel_loop(bootstrap: str, messages: list[Envelope]) -> harness.Timing:
     channel = new_channel(bootstrap)
-    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    await channel.connect(harness.channel_environment())
     try:
         await join(channel)
-        sent = await send_all(channel, messages)
-        started = time.perf_counter()
-        handled = 0
-        while handled < len(messages):
-            deliveries = await channel.receive(RECEIVE_BATCH, timeout=1.0)
-            for delivery in deliveries:
-                handled += len(delivery.envelope.body) > 0  # the trivial handler
-            await channel.ack(deliveries)
-        drained = time.perf_counter()
-        assert await channel.depth() == 0
-        return Timing(sent, drained - started)
+        return await harness.send_and_drain(
+            channel, messages, send_batch=SEND_BATCH, receive_batch=RECEIVE_BATCH
+        )
     finally:
         await channel.close()
         await delete_topics(bootstrap, channel)
 
 
-async def app_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
+async def app_loop(bootstrap: str, messages: list[Envelope]) -> harness.Timing:
     channel = new_channel(bootstrap)
-    handled = [0]
-
-    @asynchronous(channel.name)
-    @event_handler(endpoint_id="handle_order")
-    async def handle_order(event: OrderPlaced) -> None:
-        handled[0] += 1
-
-    app = App("bench", handlers=[handle_order], channels=[channel])
+    app, handled = harness.counting_app(channel)
     try:
         async with app:
             await join(channel)
-            sent = await send_all(channel, messages)
+            sent = await harness.send_in_batches(channel, messages, SEND_BATCH)
             started = time.perf_counter()
             await app.run(
                 channel.name, message_limit=len(messages), concurrency=100, batch_size=RECEIVE_BATCH
@@ -198,35 +140,24 @@ async def app_loop(bootstrap: str, messages: list[Envelope]) -> Timing:
             assert await channel.depth() == 0
     finally:
         await delete_topics(bootstrap, channel)
-    return Timing(sent, drained - started)
+    return harness.Timing(sent, drained - started)
 
 
-async def memory_loop(messages: list[Envelope]) -> Timing:
+async def memory_loop(messages: list[Envelope]) -> harness.Timing:
     channel = InMemoryChannel("bench-memory")
-    handled = [0]
-
-    @asynchronous(channel.name)
-    @event_handler(endpoint_id="handle_order")
-    async def handle_order(event: OrderPlaced) -> None:
-        handled[0] += 1
-
-    app = App("bench", handlers=[handle_order], channels=[channel])
+    app, handled = harness.counting_app(channel)
     async with app:
-        sent = await send_all(channel, messages)
+        sent = await harness.send_in_batches(channel, messages, SEND_BATCH)
         started = time.perf_counter()
         await app.run(channel.name, message_limit=len(messages), concurrency=100, batch_size=RECEIVE_BATCH)
         drained = time.perf_counter()
         assert handled[0] == len(messages), handled[0]
-    return Timing(sent, drained - started)
-
-
-def rate(count: int, seconds: list[float]) -> float:
-    return count / statistics.median(seconds)
+    return harness.Timing(sent, drained - started)
 
 
 async def main(count: int, rounds: int, bootstrap: str) -> None:
-    messages = envelopes(count)
-    results: dict[str, list[Timing]] = {"raw": [], "channel": [], "app": [], "memory": []}
+    messages = harness.order_envelopes(count, correlated=True)
+    results: dict[str, list[harness.Timing]] = {"raw": [], "channel": [], "app": [], "memory": []}
     await channel_loop(bootstrap, messages[:2000])  # warm up: code paths hot
     for _ in range(rounds):
         results["raw"].append(await raw_loop(bootstrap, messages))
@@ -234,22 +165,14 @@ async def main(count: int, rounds: int, bootstrap: str) -> None:
         results["app"].append(await app_loop(bootstrap, messages))
         results["memory"].append(await memory_loop(messages))
 
-    raw_send = rate(count, [t.send for t in results["raw"]])
-    raw_drain = rate(count, [t.drain for t in results["raw"]])
     print(f"{count:,} messages, {PARTITIONS} partitions, median of {rounds} rounds (msgs/s), Tansu memory\n")
-    print("| loop | send | drain | send vs raw | drain vs raw |")
-    print("|---|---:|---:|---:|---:|")
     names = {
         "raw": "raw aiokafka: send() futures (256 at a time, linger 5 ms) + getmany() + commit()",
         "channel": "KafkaChannel: send(256) + receive(100) + ack(batch)",
         "app": "App consumer on KafkaChannel (concurrency 100, batch 100)",
         "memory": "App consumer on InMemoryChannel, no broker (the same app, for scale)",
     }
-    for key, name in names.items():
-        send = rate(count, [t.send for t in results[key]])
-        drain = rate(count, [t.drain for t in results[key]])
-        ratios = ["", ""] if key == "raw" else [f"{send / raw_send:.0%}", f"{drain / raw_drain:.0%}"]
-        print(f"| {name} | {send:,.0f} | {drain:,.0f} | {ratios[0]} | {ratios[1]} |")
+    harness.print_send_drain_table(count, results, names, raw_keys=["raw"])
 
 
 def start_broker() -> tuple[str, object]:

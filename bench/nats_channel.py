@@ -24,63 +24,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
+import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
-import msgspec
+import _harness as harness
 import nats
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from tidings import App, asynchronous, event_handler
-from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
 from tidings.channels.nats import NatsChannel
 
 SEND_BATCH = 256
 RECEIVE_BATCH = 100
 
 
-@dataclass
-class OrderPlaced:
-    order_id: str
-    total: int
-
-
-def bodies(count: int) -> list[bytes]:
-    return [msgspec.json.encode({"order_id": f"o-{n}", "total": n}) for n in range(count)]
-
-
-def envelopes(count: int) -> list[Envelope]:
-    now = repr(time.time())
-    return [
-        Envelope(
-            body,
-            {
-                h.MESSAGE_ID: str(uuid.uuid4()),
-                h.ENDPOINT: "handle_order",
-                h.MESSAGE_NAME: "OrderPlaced",
-                h.CONTENT_TYPE: "application/json",
-                h.TIMESTAMP: now,
-                h.CORRELATION_ID: str(uuid.uuid4()),
-            },
-        )
-        for body in bodies(count)
-    ]
-
-
-@dataclass
-class Timing:
-    send: float
-    drain: float
-
-
-async def raw_loop(url: str, payloads: list[bytes]) -> Timing:
-    name = f"bench-raw-{uuid.uuid4().hex[:8]}"
+@contextlib.asynccontextmanager
+async def work_queue(url: str, kind: str) -> AsyncIterator[tuple[Client, str]]:
+    """A connection and a fresh work-queue stream on file storage, with the durable pull consumer
+    "raw" that the raw loops drain; the stream is deleted after."""
+    name = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
     client = await nats.connect(url)
     js = client.jetstream()
     try:
@@ -90,6 +56,15 @@ async def raw_loop(url: str, payloads: list[bytes]) -> Timing:
         await js.add_consumer(
             name, durable_name="raw", ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=-1
         )
+        yield client, name
+    finally:
+        await js.delete_stream(name)
+        await client.close()
+
+
+async def raw_loop(url: str, payloads: list[bytes]) -> harness.Timing:
+    async with work_queue(url, "raw") as (client, name):
+        js = client.jetstream()
         subscription = await js.pull_subscribe_bind("raw", stream=name)
         started = time.perf_counter()
         for first in range(0, len(payloads), SEND_BATCH):
@@ -107,23 +82,11 @@ async def raw_loop(url: str, payloads: list[bytes]) -> Timing:
                 await message.ack()
         await client.flush()
         drained = time.perf_counter()
-        return Timing(sent - started, drained - sent)
-    finally:
-        await js.delete_stream(name)
-        await client.close()
+        return harness.Timing(sent - started, drained - sent)
 
 
-async def hand_pipelined_loop(url: str, payloads: list[bytes]) -> Timing:
-    name = f"bench-hand-{uuid.uuid4().hex[:8]}"
-    client = await nats.connect(url)
-    js = client.jetstream()
-    try:
-        await js.add_stream(
-            name=name, subjects=[name], retention=api.RetentionPolicy.WORK_QUEUE, storage=api.StorageType.FILE
-        )
-        await js.add_consumer(
-            name, durable_name="raw", ack_policy=api.AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=-1
-        )
+async def hand_pipelined_loop(url: str, payloads: list[bytes]) -> harness.Timing:
+    async with work_queue(url, "hand") as (client, name):
         loop = asyncio.get_running_loop()
         acked = [0]
         enough: list[asyncio.Future[None]] = [loop.create_future()]
@@ -173,37 +136,19 @@ async def hand_pipelined_loop(url: str, payloads: list[bytes]) -> Timing:
                 await client.publish(message.reply, b"+ACK")
         await client.flush()
         drained = time.perf_counter()
-        return Timing(sent - started, drained - sent)
-    finally:
-        await js.delete_stream(name)
-        await client.close()
+        return harness.Timing(sent - started, drained - sent)
 
 
-async def channel_loop(url: str, messages: list[Envelope]) -> Timing:
+async def channel_loop(url: str, messages: list[Envelope]) -> harness.Timing:
     channel = NatsChannel("bench", url=url, prefix=f"bench{uuid.uuid4().hex[:8]}")
-    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    await channel.connect(harness.channel_environment())
     try:
-        sent = await send_all(channel, messages)
-        started = time.perf_counter()
-        handled = 0
-        while handled < len(messages):
-            deliveries = await channel.receive(RECEIVE_BATCH, timeout=1.0)
-            for delivery in deliveries:
-                handled += len(delivery.envelope.body) > 0  # the trivial handler
-            await channel.ack(deliveries)
-        drained = time.perf_counter()
-        assert await channel.depth() == 0
-        return Timing(sent, drained - started)
+        return await harness.send_and_drain(
+            channel, messages, send_batch=SEND_BATCH, receive_batch=RECEIVE_BATCH
+        )
     finally:
         await delete(channel)
         await channel.close()
-
-
-async def send_all(channel: NatsChannel, messages: list[Envelope]) -> float:
-    started = time.perf_counter()
-    for first in range(0, len(messages), SEND_BATCH):
-        await channel.send(messages[first : first + SEND_BATCH])
-    return time.perf_counter() - started
 
 
 async def delete(channel: NatsChannel) -> None:
@@ -214,19 +159,12 @@ async def delete(channel: NatsChannel) -> None:
         await client.close()
 
 
-async def app_loop(url: str, messages: list[Envelope]) -> Timing:
-    handled = [0]
-
-    @asynchronous("bench")
-    @event_handler(endpoint_id="handle_order")
-    async def handle_order(event: OrderPlaced) -> None:
-        handled[0] += 1
-
+async def app_loop(url: str, messages: list[Envelope]) -> harness.Timing:
     channel = NatsChannel("bench", url=url, prefix=f"bench{uuid.uuid4().hex[:8]}")
-    app = App("bench", handlers=[handle_order], channels=[channel])
+    app, handled = harness.counting_app(channel)
     async with app:
         try:
-            sent = await send_all(channel, messages)
+            sent = await harness.send_in_batches(channel, messages, SEND_BATCH)
             started = time.perf_counter()
             await app.run("bench", stop_when_empty=True, concurrency=100, batch_size=RECEIVE_BATCH)
             drained = time.perf_counter()
@@ -234,17 +172,13 @@ async def app_loop(url: str, messages: list[Envelope]) -> Timing:
             assert await channel.depth() == 0
         finally:
             await delete(channel)
-    return Timing(sent, drained - started)
-
-
-def rate(count: int, seconds: list[float]) -> float:
-    return count / statistics.median(seconds)
+    return harness.Timing(sent, drained - started)
 
 
 async def main(count: int, rounds: int, url: str) -> None:
-    payloads = bodies(count)
-    messages = envelopes(count)
-    results: dict[str, list[Timing]] = {"raw": [], "hand": [], "channel": [], "app": []}
+    payloads = harness.order_bodies(count)
+    messages = harness.order_envelopes(count, correlated=True)
+    results: dict[str, list[harness.Timing]] = {"raw": [], "hand": [], "channel": [], "app": []}
     await channel_loop(url, messages[:2000])  # warm up: code paths hot
     for _ in range(rounds):
         results["raw"].append(await raw_loop(url, payloads))
@@ -252,26 +186,16 @@ async def main(count: int, rounds: int, url: str) -> None:
         results["channel"].append(await channel_loop(url, messages))
         results["app"].append(await app_loop(url, messages))
 
-    raw_send = max(rate(count, [t.send for t in results[key]]) for key in ("raw", "hand"))
-    raw_drain = max(rate(count, [t.drain for t in results[key]]) for key in ("raw", "hand"))
     print(
         f"{count:,} messages, median of {rounds} rounds (msgs/s), nats-server {await server_version(url)}\n"
     )
-    print("| loop | send | drain | send vs raw | drain vs raw |")
-    print("|---|---:|---:|---:|---:|")
     names = {
         "raw": "raw nats-py JetStream API: publish_async (256 in flight) + fetch(100) + ack()",
         "hand": "raw nats-py hand-pipelined: publish (256 in flight) + no_wait pulls of 100 + +ACK",
         "channel": "NatsChannel: send(256) + receive(100) + ack(batch)",
         "app": "App consumer on NatsChannel (concurrency 100, batch 100)",
     }
-    for key, name in names.items():
-        send = rate(count, [t.send for t in results[key]])
-        drain = rate(count, [t.drain for t in results[key]])
-        ratios = (
-            ["", ""] if key in ("raw", "hand") else [f"{send / raw_send:.0%}", f"{drain / raw_drain:.0%}"]
-        )
-        print(f"| {name} | {send:,.0f} | {drain:,.0f} | {ratios[0]} | {ratios[1]} |")
+    harness.print_send_drain_table(count, results, names, raw_keys=["raw", "hand"])
 
 
 async def server_version(url: str) -> str:

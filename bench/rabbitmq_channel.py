@@ -30,14 +30,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import _harness as harness
 import aio_pika
 import aiormq
 from pamqp.commands import Basic
 
-from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
 from tidings.channels.rabbitmq import RabbitMQChannel
 
 BATCH = 100
@@ -45,34 +43,7 @@ PREFETCH = 500
 QUEUE_ARGUMENTS = {"x-max-priority": 10}
 
 
-def envelopes(count: int) -> list[Envelope]:
-    now = repr(time.time())
-    return [
-        Envelope(
-            f'{{"order_id": "o-{n}", "total": {n}}}'.encode(),
-            {
-                h.MESSAGE_ID: str(uuid.uuid4()),
-                h.ENDPOINT: "handle_order",
-                h.MESSAGE_NAME: "OrderPlaced",
-                h.CONTENT_TYPE: "application/json",
-                h.TIMESTAMP: now,
-            },
-        )
-        for n in range(count)
-    ]
-
-
-class Timing:
-    def __init__(self, send: float, drain: float) -> None:
-        self.send = send
-        self.drain = drain
-
-    @property
-    def total(self) -> float:
-        return self.send + self.drain
-
-
-async def pika_loop(url: str, messages: list[Envelope], *, pipelined: bool) -> Timing:
+async def pika_loop(url: str, messages: list[Envelope], *, pipelined: bool) -> harness.Timing:
     queue_name = f"bench-raw-{uuid.uuid4().hex[:12]}"
     connection = await aio_pika.connect(url)
     try:
@@ -115,10 +86,10 @@ async def pika_loop(url: str, messages: list[Envelope], *, pipelined: bool) -> T
         await queue.delete(if_unused=False, if_empty=False)
     finally:
         await connection.close()
-    return Timing(sent - started, drained - sent)
+    return harness.Timing(sent - started, drained - sent)
 
 
-async def aiormq_loop(url: str, messages: list[Envelope]) -> Timing:
+async def aiormq_loop(url: str, messages: list[Envelope]) -> harness.Timing:
     queue_name = f"bench-raw-{uuid.uuid4().hex[:12]}"
     async with aiormq.connect(url) as connection:
         channel = await connection.channel(publisher_confirms=True)
@@ -150,28 +121,16 @@ async def aiormq_loop(url: str, messages: list[Envelope]) -> Timing:
         drained = time.perf_counter()
         await channel.basic_cancel(consumed.consumer_tag)  # type: ignore[arg-type]
         await channel.queue_delete(queue_name)
-    return Timing(sent - started, drained - sent)
+    return harness.Timing(sent - started, drained - sent)
 
 
-async def channel_loop(url: str, messages: list[Envelope]) -> Timing:
+async def channel_loop(url: str, messages: list[Envelope]) -> harness.Timing:
     channel = RabbitMQChannel(f"bench-{uuid.uuid4().hex[:12]}", url=url, prefetch=PREFETCH)
-    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    await channel.connect(harness.channel_environment())
     try:
-        started = time.perf_counter()
-        for first in range(0, len(messages), BATCH):
-            await channel.send(messages[first : first + BATCH])
-        sent = time.perf_counter()
-        handled = 0
-        while handled < len(messages):
-            deliveries = await channel.receive(BATCH, timeout=1.0)
-            for delivery in deliveries:
-                handled += len(delivery.envelope.body) > 0  # the trivial handler
-            await channel.ack(deliveries)
-        drained = time.perf_counter()
-        assert await channel.depth() == 0
+        return await harness.send_and_drain(channel, messages, send_batch=BATCH, receive_batch=BATCH)
     finally:
         await channel.delete()
-    return Timing(sent - started, drained - sent)
 
 
 async def channel_latency(url: str, rate: float, count: int) -> list[float]:
@@ -180,30 +139,12 @@ async def channel_latency(url: str, rate: float, count: int) -> list[float]:
     producer = RabbitMQChannel(name, url=url)
     consumer = RabbitMQChannel(name, url=url)
     for channel in (producer, consumer):
-        await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
-    sent_at: dict[bytes, float] = {}
-    latencies: list[float] = []
-
-    async def consume() -> None:
-        while len(latencies) < count:
-            deliveries = await consumer.receive(100, timeout=1.0)
-            received = time.perf_counter()
-            latencies.extend(received - sent_at[d.envelope.body] for d in deliveries)
-            await consumer.ack(deliveries)
-
+        await channel.connect(harness.channel_environment())
     try:
-        await consumer.receive(1, timeout=0.1)  # subscribed, as a running worker is
-        consuming = asyncio.create_task(consume())
-        started = time.perf_counter()
-        for n, message in enumerate(envelopes(count)):
-            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
-            sent_at[message.body] = time.perf_counter()
-            await producer.send([message])
-        await asyncio.wait_for(consuming, timeout=30)
+        return await harness.receive_latencies(producer, consumer, rate, count)
     finally:
         await consumer.close()
         await producer.delete()
-    return latencies
 
 
 async def pika_latency(url: str, rate: float, count: int) -> list[float]:
@@ -226,9 +167,7 @@ async def pika_latency(url: str, rate: float, count: int) -> list[float]:
                 done.set()
 
         tag = await queue.consume(on_message)
-        started = time.perf_counter()
-        for n, message in enumerate(envelopes(count)):
-            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        async for message in harness.paced(harness.order_envelopes(count), rate):
             sent_at[message.body] = time.perf_counter()
             await channel.default_exchange.publish(
                 aio_pika.Message(message.body, headers=dict(message.headers), delivery_mode=2),
@@ -242,28 +181,19 @@ async def pika_latency(url: str, rate: float, count: int) -> list[float]:
     return latencies
 
 
-def medians(timings: list[Timing]) -> tuple[float, float, float]:
-    return (
-        statistics.median(t.send for t in timings),
-        statistics.median(t.drain for t in timings),
-        statistics.median(t.total for t in timings),
-    )
-
-
-def row(name: str, count: int, timings: list[Timing], ratios: str = "| |") -> str:
-    send, drain, total = medians(timings)
-    return f"| {name} | {count / send:,.0f} | {count / drain:,.0f} | {count / total:,.0f} {ratios}"
+def row(name: str, count: int, timings: list[harness.Timing], ratios: tuple[str, str] = ("", "")) -> str:
+    return harness.table_row([name, *harness.rate_cells(count, timings), *ratios])
 
 
 async def main(count: int, rounds: int, url: str) -> None:
-    messages = envelopes(count)
-    loops: dict[str, Callable[[], Awaitable[Timing]]] = {
+    messages = harness.order_envelopes(count)
+    loops: dict[str, Callable[[], Awaitable[harness.Timing]]] = {
         "pika-each": lambda: pika_loop(url, messages, pipelined=False),
         "pika-pipelined": lambda: pika_loop(url, messages, pipelined=True),
         "aiormq": lambda: aiormq_loop(url, messages),
         "channel": lambda: channel_loop(url, messages),
     }
-    results: dict[str, list[Timing]] = {name: [] for name in loops}
+    results: dict[str, list[harness.Timing]] = {name: [] for name in loops}
     await channel_loop(url, messages[:2000])  # warm up
     await pika_loop(url, messages[:2000], pipelined=True)
     for _ in range(rounds):
@@ -273,8 +203,8 @@ async def main(count: int, rounds: int, url: str) -> None:
     per_message_ack_drain = statistics.median(
         t.drain for t in results["pika-each"] + results["pika-pipelined"]
     )
-    pipelined_total = medians(results["pika-pipelined"])[2]
-    _, channel_drain, channel_total = medians(results["channel"])
+    pipelined_total = harness.medians(results["pika-pipelined"])[2]
+    _, channel_drain, channel_total = harness.medians(results["channel"])
     print(f"{count:,} persistent messages, batches of {BATCH}, prefetch {PREFETCH}, ")
     print(f"median of {rounds} rounds (msgs/s)\n")
     print("| loop | send | drain | end to end | drain vs raw per-message ack | end to end vs raw pipelined |")
@@ -282,20 +212,16 @@ async def main(count: int, rounds: int, url: str) -> None:
     print(row("raw aio-pika: publish awaiting each confirm + ack() each", count, results["pika-each"]))
     print(row("raw aio-pika: pipelined confirms + ack() each", count, results["pika-pipelined"]))
     print(row("raw aiormq: pipelined confirms + basic_ack each", count, results["aiormq"]))
-    ratios = f"| {per_message_ack_drain / channel_drain:.2f}x | {pipelined_total / channel_total:.2f}x |"
+    ratios = (f"{per_message_ack_drain / channel_drain:.2f}x", f"{pipelined_total / channel_total:.2f}x")
     print(row("RabbitMQChannel: send(100) + receive(100) + ack(batch)", count, results["channel"], ratios))
 
-    rate, samples = 200.0, 600
-    print(f"\nLatency from send to receive at {rate:.0f} msgs/s, {samples} messages (ms)\n")
-    print("| loop | p50 | p90 | p99 |")
-    print("|---|---:|---:|---:|")
-    for name, measure in [
-        ("raw aio-pika: publish (confirmed) + consumer callback", pika_latency),
-        ("RabbitMQChannel: send + waiting receive", channel_latency),
-    ]:
-        latencies = sorted(await measure(url, rate, samples))
-        p50, p90, p99 = (latencies[int(len(latencies) * q)] * 1000 for q in (0.5, 0.9, 0.99))
-        print(f"| {name} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
+    await harness.print_latency_table(
+        url,
+        [
+            ("raw aio-pika: publish (confirmed) + consumer callback", pika_latency),
+            ("RabbitMQChannel: send + waiting receive", channel_latency),
+        ],
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nPeak RSS of this process (all loops): {peak:.0f} MiB")
 

@@ -18,55 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-import msgspec
+import _harness as harness
 from redis.asyncio import Redis
 
-from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
 from tidings.channels.redis import RedisChannel
 
 BATCH = 100
 
 
-def bodies(count: int) -> list[bytes]:
-    return [msgspec.json.encode({"order_id": f"o-{n}", "total": n}) for n in range(count)]
-
-
-def envelopes(count: int) -> list[Envelope]:
-    now = repr(time.time())
-    return [
-        Envelope(
-            body,
-            {
-                h.MESSAGE_ID: str(uuid.uuid4()),
-                h.ENDPOINT: "handle_order",
-                h.MESSAGE_NAME: "OrderPlaced",
-                h.CONTENT_TYPE: "application/json",
-                h.TIMESTAMP: now,
-            },
-        )
-        for body in bodies(count)
-    ]
-
-
-class Timing:
-    def __init__(self, send: float, drain: float) -> None:
-        self.send = send
-        self.drain = drain
-
-    @property
-    def total(self) -> float:
-        return self.send + self.drain
-
-
-async def raw_loop(client: Redis, payloads: list[bytes], *, pipelined: bool) -> Timing:
+async def raw_loop(client: Redis, payloads: list[bytes], *, pipelined: bool) -> harness.Timing:
     key = f"bench-raw-{uuid.uuid4().hex}"
     started = time.perf_counter()
     for first in range(0, len(payloads), BATCH):
@@ -87,30 +52,18 @@ async def raw_loop(client: Redis, payloads: list[bytes], *, pipelined: bool) -> 
                 handled += len(payload) > 0  # the trivial handler
     drained = time.perf_counter()
     await client.delete(key)
-    return Timing(sent - started, drained - sent)
+    return harness.Timing(sent - started, drained - sent)
 
 
-async def channel_loop(url: str, messages: list[Envelope]) -> Timing:
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    channel = RedisChannel("bench", url=url, key_prefix=prefix)
-    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+async def channel_loop(url: str, messages: list[Envelope]) -> harness.Timing:
+    channel = RedisChannel("bench", url=url, key_prefix=f"bench-{uuid.uuid4().hex[:8]}")
+    await channel.connect(harness.channel_environment())
     try:
-        started = time.perf_counter()
-        for first in range(0, len(messages), BATCH):
-            await channel.send(messages[first : first + BATCH])
-        sent = time.perf_counter()
-        handled = 0
-        while handled < len(messages):
-            deliveries = await channel.receive(BATCH, timeout=1.0)
-            for delivery in deliveries:
-                handled += len(delivery.envelope.body) > 0  # the trivial handler
-            await channel.ack(deliveries)
-        drained = time.perf_counter()
-        assert await channel.depth() == 0
+        timing = await harness.send_and_drain(channel, messages, send_batch=BATCH, receive_batch=BATCH)
         await channel.purge()
     finally:
         await channel.close()
-    return Timing(sent - started, drained - sent)
+    return timing
 
 
 async def channel_latency(url: str, rate: float, count: int) -> list[float]:
@@ -119,26 +72,9 @@ async def channel_latency(url: str, rate: float, count: int) -> list[float]:
     producer = RedisChannel("latency", url=url, key_prefix=prefix)
     consumer = RedisChannel("latency", url=url, key_prefix=prefix)
     for channel in (producer, consumer):
-        await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
-    sent_at: dict[bytes, float] = {}
-    latencies: list[float] = []
-
-    async def consume() -> None:
-        while len(latencies) < count:
-            deliveries = await consumer.receive(100, timeout=1.0)
-            received = time.perf_counter()
-            latencies.extend(received - sent_at[d.envelope.body] for d in deliveries)
-            await consumer.ack(deliveries)
-
+        await channel.connect(harness.channel_environment())
     try:
-        await consumer.receive(1, timeout=0.1)  # subscribed to wake-ups, as a running worker is
-        consuming = asyncio.create_task(consume())
-        started = time.perf_counter()
-        for n, message in enumerate(envelopes(count)):
-            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
-            sent_at[message.body] = time.perf_counter()
-            await producer.send([message])
-        await asyncio.wait_for(consuming, timeout=30)
+        latencies = await harness.receive_latencies(producer, consumer, rate, count)
         await producer.purge()
     finally:
         await producer.close()
@@ -161,9 +97,7 @@ async def raw_latency(url: str, rate: float, count: int) -> list[float]:
 
     try:
         consuming = asyncio.create_task(consume())
-        started = time.perf_counter()
-        for n, payload in enumerate(bodies(count)):
-            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        async for payload in harness.paced(harness.order_bodies(count), rate):
             sent_at[payload] = time.perf_counter()
             await client.lpush(key, payload)
         await asyncio.wait_for(consuming, timeout=30)
@@ -174,33 +108,19 @@ async def raw_latency(url: str, rate: float, count: int) -> list[float]:
     return latencies
 
 
-def medians(timings: list[Timing]) -> tuple[float, float, float]:
-    return (
-        statistics.median(t.send for t in timings),
-        statistics.median(t.drain for t in timings),
-        statistics.median(t.total for t in timings),
-    )
-
-
-def row(name: str, count: int, timings: list[Timing], raw: list[list[Timing]] | None = None) -> str:
-    send, drain, total = medians(timings)
-    cells = [name, f"{count / send:,.0f}", f"{count / drain:,.0f}", f"{count / total:,.0f}"]
-    if raw is None:
-        cells += ["", ""]
-    else:
-        # Against the faster raw loop in each column.
-        best_drain = min(medians(r)[1] for r in raw)
-        best_total = min(medians(r)[2] for r in raw)
-        cells += [f"{best_drain / drain:.0%}", f"{best_total / total:.0%}"]
-    return "| " + " | ".join(cells) + " |"
+def row(
+    name: str, count: int, timings: list[harness.Timing], raw: list[list[harness.Timing]] | None = None
+) -> str:
+    ratios = ["", ""] if raw is None else harness.against_fastest(timings, raw, columns=(1, 2))
+    return harness.table_row([name, *harness.rate_cells(count, timings), *ratios])
 
 
 async def main(count: int, rounds: int, url: str) -> None:
     client = Redis.from_url(url)
-    payloads = bodies(count)
-    messages = envelopes(count)
-    results: dict[str, list[Timing]] = {"pipelined": [], "multi": [], "channel": []}
-    runs: dict[str, Callable[[], Awaitable[Timing]]] = {
+    payloads = harness.order_bodies(count)
+    messages = harness.order_envelopes(count)
+    results: dict[str, list[harness.Timing]] = {"pipelined": [], "multi": [], "channel": []}
+    runs: dict[str, Callable[[], Awaitable[harness.Timing]]] = {
         "pipelined": lambda: raw_loop(client, payloads, pipelined=True),
         "multi": lambda: raw_loop(client, payloads, pipelined=False),
         "channel": lambda: channel_loop(url, messages),
@@ -221,17 +141,13 @@ async def main(count: int, rounds: int, url: str) -> None:
     raw = [results["pipelined"], results["multi"]]
     print(row("RedisChannel: send + receive(100) + ack", count, results["channel"], raw))
 
-    rate, samples = 200.0, 600
-    print(f"\nLatency from send to receive at {rate:.0f} msgs/s, {samples} messages (ms)\n")
-    print("| loop | p50 | p90 | p99 |")
-    print("|---|---:|---:|---:|")
-    for name, measure in [
-        ("raw redis-py: LPUSH + BRPOP", raw_latency),
-        ("RedisChannel: send + waiting receive", channel_latency),
-    ]:
-        latencies = sorted(await measure(url, rate, samples))
-        p50, p90, p99 = (latencies[int(len(latencies) * q)] * 1000 for q in (0.5, 0.9, 0.99))
-        print(f"| {name} | {p50:.2f} | {p90:.2f} | {p99:.2f} |")
+    await harness.print_latency_table(
+        url,
+        [
+            ("raw redis-py: LPUSH + BRPOP", raw_latency),
+            ("RedisChannel: send + waiting receive", channel_latency),
+        ],
+    )
 
 
 if __name__ == "__main__":

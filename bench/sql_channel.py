@@ -27,13 +27,12 @@ import statistics
 import time
 import uuid
 
+import _harness as harness
 import asyncpg
 import msgspec
 
 from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
 from tidings.channels.sql import SqlChannel
 from tidings.sql import Database
 
@@ -41,23 +40,6 @@ BATCH = 100
 RAW_TABLE = "bench_raw_queue"
 
 decode_headers = msgspec.json.Decoder(dict[str, str]).decode
-
-
-def envelopes(count: int) -> list[Envelope]:
-    now = repr(time.time())
-    return [
-        Envelope(
-            msgspec.json.encode({"order_id": f"o-{n}", "total": n}),
-            {
-                h.MESSAGE_ID: str(uuid.uuid4()),
-                h.ENDPOINT: "handle_order",
-                h.MESSAGE_NAME: "OrderPlaced",
-                h.CONTENT_TYPE: "application/json",
-                h.TIMESTAMP: now,
-            },
-        )
-        for n in range(count)
-    ]
 
 
 async def vacuum(connection: asyncpg.Connection, *tables: str) -> None:
@@ -99,14 +81,6 @@ async def raw_drain(connection: asyncpg.Connection, queue: str, count: int) -> f
     return time.perf_counter() - started
 
 
-async def channel_enqueue(channel: SqlChannel, messages: list[Envelope]) -> float:
-    """Seconds to send `messages` in batches of 100."""
-    started = time.perf_counter()
-    for first in range(0, len(messages), BATCH):
-        await channel.send(messages[first : first + BATCH])
-    return time.perf_counter() - started
-
-
 async def channel_drain(channel: SqlChannel, count: int) -> float:
     """Seconds to receive(100) and ack until `count` messages came back."""
     drained = 0
@@ -125,7 +99,7 @@ async def one_round(
 ) -> dict[str, float]:
     """Rates (msg/s) of one round. Raw and channel alternate in slices of 2,000 messages, so that
     both see the same machine load."""
-    messages = envelopes(count)
+    messages = harness.order_envelopes(count)
     queue = f"raw-{uuid.uuid4().hex[:8]}"
     rows = [(queue, msgspec.json.encode(m.headers).decode(), m.body) for m in messages]
     labels = ("raw enqueue", "channel enqueue", "raw drain", "channel drain", "durable-acks drain")
@@ -134,8 +108,10 @@ async def one_round(
     await vacuum(connection, RAW_TABLE, "tidings_messages")
     for first in range(0, count, SLICE):
         seconds["raw enqueue"] += await raw_enqueue(connection, queue, rows[first : first + SLICE], BATCH)
-        seconds["channel enqueue"] += await channel_enqueue(channel, messages[first : first + SLICE])
-        await channel_enqueue(durable, messages[first : first + SLICE])
+        seconds["channel enqueue"] += await harness.send_in_batches(
+            channel, messages[first : first + SLICE], BATCH
+        )
+        await harness.send_in_batches(durable, messages[first : first + SLICE], BATCH)
     await vacuum(connection, RAW_TABLE, "tidings_messages")
     for first in range(0, count, SLICE):
         size = min(SLICE, count - first)
@@ -159,7 +135,7 @@ async def latency(url: str, rate: float, seconds: float) -> list[float]:
     """
     name = f"bench-latency-{uuid.uuid4().hex[:8]}"
     producer_db, consumer_db = Database(url), Database(url)
-    environment = ChannelEnvironment(app_name="bench", clock=SystemClock())
+    environment = harness.channel_environment()
     producer = SqlChannel(name, database=producer_db)
     consumer = SqlChannel(name, database=consumer_db, poll_interval=30.0)
     await producer.connect(environment)
@@ -177,9 +153,7 @@ async def latency(url: str, rate: float, seconds: float) -> list[float]:
     try:
         consuming = asyncio.ensure_future(consume())
         await asyncio.sleep(0.5)
-        started = time.perf_counter()
-        for n in range(total):
-            await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        async for n in harness.paced(range(total), rate):
             await producer.send([Envelope(repr(time.perf_counter()).encode(), {h.MESSAGE_ID: str(n)})])
         await asyncio.wait_for(consuming, timeout=30)
     finally:
@@ -201,7 +175,7 @@ async def main(url: str, count: int, rounds: int) -> None:
         "(id bigserial PRIMARY KEY, queue text NOT NULL, headers text NOT NULL, body bytea NOT NULL)"
     )
     await connection.execute(f"CREATE INDEX IF NOT EXISTS {RAW_TABLE}_claim ON {RAW_TABLE} (queue, id)")
-    environment = ChannelEnvironment(app_name="bench", clock=SystemClock())
+    environment = harness.channel_environment()
     channel = SqlChannel(f"bench-{uuid.uuid4().hex[:8]}", database=database)
     durable = SqlChannel(f"bench-{uuid.uuid4().hex[:8]}", database=database, durable_acks=True)
     await channel.connect(environment)

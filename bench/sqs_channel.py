@@ -32,13 +32,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import _harness as harness
 import msgspec
 from aiobotocore.session import get_session
 
-from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
 from tidings.channels.sqs import SqsChannel
 
 BATCH = 100
@@ -47,41 +45,7 @@ CREDENTIALS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}
 SERVER = Path(__file__).resolve().parents[1] / "tests" / "sqs_server"
 
 
-def bodies(count: int) -> list[bytes]:
-    return [msgspec.json.encode({"order_id": f"o-{n}", "total": n}) for n in range(count)]
-
-
-def envelopes(count: int) -> list[Envelope]:
-    now = repr(time.time())
-    return [
-        Envelope(
-            body,
-            {
-                h.MESSAGE_ID: str(uuid.uuid4()),
-                h.ENDPOINT: "handle_order",
-                h.MESSAGE_NAME: "OrderPlaced",
-                h.CONTENT_TYPE: "application/json",
-                h.TIMESTAMP: now,
-            },
-        )
-        for body in bodies(count)
-    ]
-
-
-class Timing:
-    def __init__(self, send: float, drain: float, cpu: float) -> None:
-        self.send = send
-        self.drain = drain
-        #: This process's CPU time for the whole loop: what the client side costs, whatever else
-        #: the machine is doing.
-        self.cpu = cpu
-
-    @property
-    def total(self) -> float:
-        return self.send + self.drain
-
-
-async def raw_loop(client: Any, payloads: list[tuple[str, str]], *, fill: bool) -> Timing:
+async def raw_loop(client: Any, payloads: list[tuple[str, str]], *, fill: bool) -> harness.Timing:
     url = (await client.create_queue(QueueName=f"bench-raw-{uuid.uuid4().hex[:12]}"))["QueueUrl"]
     try:
         started, cpu = time.perf_counter(), time.process_time()
@@ -155,50 +119,26 @@ async def raw_loop(client: Any, payloads: list[tuple[str, str]], *, fill: bool) 
         drained, cpu = time.perf_counter(), time.process_time() - cpu
     finally:
         await client.delete_queue(QueueUrl=url)
-    return Timing(sent - started, drained - sent, cpu)
+    return harness.Timing(sent - started, drained - sent, cpu)
 
 
-async def channel_loop(endpoint_url: str, messages: list[Envelope]) -> Timing:
+async def channel_loop(endpoint_url: str, messages: list[Envelope]) -> harness.Timing:
     channel = SqsChannel(f"bench-{uuid.uuid4().hex[:12]}", endpoint_url=endpoint_url, **CREDENTIALS)
-    await channel.connect(ChannelEnvironment(app_name="bench", clock=SystemClock()))
+    await channel.connect(harness.channel_environment())
     try:
-        started, cpu = time.perf_counter(), time.process_time()
-        for first in range(0, len(messages), BATCH):
-            await channel.send(messages[first : first + BATCH])
-        sent = time.perf_counter()
-        handled = 0
-        while handled < len(messages):
-            deliveries = await channel.receive(BATCH, timeout=1.0)
-            for delivery in deliveries:
-                handled += len(delivery.envelope.body) > 0  # the trivial handler
-            await channel.ack(deliveries)
-        drained, cpu = time.perf_counter(), time.process_time() - cpu
-        assert await channel.depth() == 0
+        timing = await harness.send_and_drain(channel, messages, send_batch=BATCH, receive_batch=BATCH)
         await channel._call("delete_queue")
     finally:
         await channel.close()
-    return Timing(sent - started, drained - sent, cpu)
+    return timing
 
 
-def medians(timings: list[Timing]) -> tuple[float, float, float]:
-    return (
-        statistics.median(t.send for t in timings),
-        statistics.median(t.drain for t in timings),
-        statistics.median(t.total for t in timings),
-    )
-
-
-def row(name: str, count: int, timings: list[Timing], raw: list[list[Timing]] | None = None) -> str:
-    send, drain, total = medians(timings)
+def row(
+    name: str, count: int, timings: list[harness.Timing], raw: list[list[harness.Timing]] | None = None
+) -> str:
     cpu = statistics.median(t.cpu for t in timings) / count * 1e6
-    cells = [name, f"{count / send:,.0f}", f"{count / drain:,.0f}", f"{count / total:,.0f}", f"{cpu:.0f}"]
-    if raw is None:
-        cells += ["", "", ""]
-    else:
-        # Against the faster raw loop in each column.
-        best = [min(medians(loop)[column] for loop in raw) for column in range(3)]
-        cells += [f"{best[0] / send:.0%}", f"{best[1] / drain:.0%}", f"{best[2] / total:.0%}"]
-    return "| " + " | ".join(cells) + " |"
+    ratios = ["", "", ""] if raw is None else harness.against_fastest(timings, raw, columns=(0, 1, 2))
+    return harness.table_row([name, *harness.rate_cells(count, timings), f"{cpu:.0f}", *ratios])
 
 
 def start_fauxqs() -> tuple[str, subprocess.Popen[bytes]]:
@@ -216,15 +156,15 @@ async def main(count: int, rounds: int, endpoint_url: str | None) -> None:
     server = None
     if endpoint_url is None:
         endpoint_url, server = start_fauxqs()
-    messages = envelopes(count)
+    messages = harness.order_envelopes(count)
     # The raw loops carry the same messages: the body, and the headers as one JSON attribute.
     payloads = [(m.body.decode(), msgspec.json.encode(m.headers).decode()) for m in messages]
-    results: dict[str, list[Timing]] = {"parallel": [], "fill": [], "channel": []}
+    results: dict[str, list[harness.Timing]] = {"parallel": [], "fill": [], "channel": []}
     try:
         async with get_session().create_client(
             "sqs", region_name="us-east-1", endpoint_url=endpoint_url, **CREDENTIALS
         ) as client:
-            runs: dict[str, Callable[[], Awaitable[Timing]]] = {
+            runs: dict[str, Callable[[], Awaitable[harness.Timing]]] = {
                 "parallel": lambda: raw_loop(client, payloads, fill=False),
                 "fill": lambda: raw_loop(client, payloads, fill=True),
                 "channel": lambda: channel_loop(endpoint_url, messages),
