@@ -14,12 +14,12 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -57,6 +57,35 @@ def app_on(factory: ChannelFactory, channels: list[Channel], handlers: list[Any]
         "conformance", handlers=handlers, channels=channels, database=factory.database,
         **{**factory.app_options, **options},
     )  # fmt: skip
+
+
+class RecordingApp(NamedTuple):
+    app: App
+    work: Channel
+    #: The order id of every OrderPlaced the handler got, in the order it got them.
+    handled: list[str]
+
+
+def app_recording_order_ids(
+    factory: ChannelFactory,
+    work: Channel | None = None,
+    *,
+    then: Callable[[OrderPlaced], Awaitable[None]] | None = None,
+    **options: Any,
+) -> RecordingApp:
+    """An app on `work` (a fresh channel if none) whose one handler, `handle`, records each event's
+    order id, then awaits `then(event)` if given."""
+    work = work or factory.new()
+    handled: list[str] = []
+
+    @asynchronous(work.name)
+    @event_handler
+    async def handle(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+        if then is not None:
+            await then(event)
+
+    return RecordingApp(app_on(factory, [work], [handle], **options), work, handled)
 
 
 async def run_until(
@@ -209,15 +238,7 @@ async def test_an_exhausted_message_is_dead_lettered_and_a_replay_handles_it_onc
 
 
 async def test_a_message_delivered_twice_is_handled_once(channel_factory: ChannelFactory) -> None:
-    work = channel_factory.new()
-    handled: list[str] = []
-
-    @asynchronous(work.name)
-    @event_handler
-    async def ship(event: OrderPlaced) -> None:
-        handled.append(event.order_id)
-
-    app = app_on(channel_factory, [work], [ship])
+    app, _, handled = app_recording_order_ids(channel_factory)
     async with app:
         same_id = str(uuid.uuid4())  # records outlive the test in a real database
         await app.events.publish(OrderPlaced("o-1", 1), headers={h.MESSAGE_ID: same_id})
@@ -231,16 +252,12 @@ async def test_a_message_delivered_twice_is_handled_once(channel_factory: Channe
 async def test_a_long_handler_keeps_its_message_by_extending_the_lease(
     channel_factory: ChannelFactory,
 ) -> None:
-    work = channel_factory.new(lease_seconds=1.0)
-    runs: list[str] = []
-
-    @asynchronous(work.name)
-    @event_handler
-    async def slow(event: OrderPlaced) -> None:
-        runs.append(event.order_id)
-        await asyncio.sleep(3.0)  # three leases long
-
-    app = app_on(channel_factory, [work], [slow], deduplicate=False)
+    app, _, runs = app_recording_order_ids(
+        channel_factory,
+        channel_factory.new(lease_seconds=1.0),
+        then=lambda _: asyncio.sleep(3.0),  # three leases long
+        deduplicate=False,
+    )
     async with app:
         await app.events.publish(OrderPlaced("o-1", 1))
         # Done once handled, then half a lease more: a redelivery would have shown by then.
@@ -276,7 +293,6 @@ async def test_higher_priority_messages_are_handled_first_where_the_channel_orde
     channel_factory: ChannelFactory,
 ) -> None:
     work = channel_factory.new()
-    order: list[str] = []
     if not work.capabilities.priority:
 
         @asynchronous(work.name)
@@ -288,12 +304,7 @@ async def test_higher_priority_messages_are_handled_first_where_the_channel_orde
             app_on(channel_factory, [work], [urgent])
         return
 
-    @asynchronous(work.name)
-    @event_handler
-    async def handle(event: OrderPlaced) -> None:
-        order.append(event.order_id)
-
-    app = app_on(channel_factory, [work], [handle])
+    app, _, order = app_recording_order_ids(channel_factory, work)
     async with app:
         for number in range(3):
             await app.events.publish(OrderPlaced(f"low-{number}", 1))
@@ -307,15 +318,7 @@ async def test_higher_priority_messages_are_handled_first_where_the_channel_orde
 async def test_an_expired_message_is_dropped_and_counted_not_handled(
     channel_factory: ChannelFactory,
 ) -> None:
-    work = channel_factory.new()
-    handled: list[str] = []
-
-    @asynchronous(work.name)
-    @event_handler
-    async def handle(event: OrderPlaced) -> None:
-        handled.append(event.order_id)
-
-    app = app_on(channel_factory, [work], [handle])
+    app, work, handled = app_recording_order_ids(channel_factory)
     async with app:
         await app.events.publish(OrderPlaced("stale", 1), time_to_live=timedelta(seconds=0.3))
         await app.events.publish(OrderPlaced("fresh", 1), time_to_live=timedelta(seconds=60))
@@ -331,15 +334,7 @@ async def test_an_expired_message_is_dropped_and_counted_not_handled(
 async def test_a_payload_that_cannot_be_decoded_is_dead_lettered_and_the_consumer_goes_on(
     channel_factory: ChannelFactory,
 ) -> None:
-    work = channel_factory.new()
-    handled: list[str] = []
-
-    @asynchronous(work.name)
-    @event_handler
-    async def handle(event: OrderPlaced) -> None:
-        handled.append(event.order_id)
-
-    app = app_on(channel_factory, [work], [handle])
+    app, work, handled = app_recording_order_ids(channel_factory)
     async with app:
         garbage = Envelope(b"\x00\xffnot json", {h.ENDPOINT: "handle", h.MESSAGE_ID: "garbage"})
         await work.send([garbage])
@@ -358,18 +353,13 @@ async def test_a_payload_that_cannot_be_decoded_is_dead_lettered_and_the_consume
 async def test_stopping_lets_in_flight_handlers_finish_and_leaves_the_rest(
     channel_factory: ChannelFactory,
 ) -> None:
-    work = channel_factory.new()
-    started: list[str] = []
     finished: list[str] = []
 
-    @asynchronous(work.name)
-    @event_handler
-    async def slow(event: OrderPlaced) -> None:
-        started.append(event.order_id)
+    async def finish(event: OrderPlaced) -> None:
         await asyncio.sleep(0.5)
         finished.append(event.order_id)
 
-    app = app_on(channel_factory, [work], [slow])
+    app, work, started = app_recording_order_ids(channel_factory, then=finish)
     async with app:
         for number in range(6):
             await app.events.publish(OrderPlaced(str(number), 1))
