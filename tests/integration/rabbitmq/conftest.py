@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from tests.conftest import IN_CI, require_service
+from tests.conftest import skip_or_fail
+from tests.servers import server_url_fixture
 
 from tidings._clock import SystemClock
 from tidings.channels.base import ChannelEnvironment
@@ -67,10 +68,7 @@ async def delete_topology(url: str, names: list[str]) -> None:
             await Topology(name, max_priority=10).delete(channel)
 
 
-@pytest.fixture
-def rabbitmq_url() -> str:
-    require_service("RabbitMQ", "127.0.0.1", 5672)
-    return URL
+rabbitmq_url = server_url_fixture("rabbitmq_url", "RabbitMQ", 5672, URL)
 
 
 @pytest.fixture
@@ -126,10 +124,7 @@ def private_node() -> Iterator[PrivateNode]:
     """Starts a throw-away RabbitMQ node on loopback (about 6 s) and stops it after the session."""
     missing = [tool for tool in ("rabbitmq-server", "rabbitmqctl") if shutil.which(tool) is None]
     if missing or os.geteuid() != 0:
-        reason = f"a private RabbitMQ node needs root and {', '.join(missing) or 'rabbitmq-server'}"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(f"a private RabbitMQ node needs root and {', '.join(missing) or 'rabbitmq-server'}")
     port = 5691
     name = f"tidings-it-{port}@localhost"
     base = tempfile.mkdtemp(prefix="tidings-rabbitmq-")

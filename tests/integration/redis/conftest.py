@@ -4,16 +4,15 @@ and a private Redis server that a test may stop and start again."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import IN_CI, port_open, require_service
+from tests.conftest import skip_or_fail
+from tests.servers import free_port, server_url_fixture, wait_until_listening
 
 from tidings._clock import SystemClock
 from tidings.channels.base import ChannelEnvironment
@@ -43,10 +42,7 @@ async def delete_keys(url: str, prefix: str) -> None:
         await client.aclose()
 
 
-@pytest.fixture
-def redis_url() -> str:
-    require_service("Redis", "127.0.0.1", 6379)
-    return REDIS_URL
+redis_url = server_url_fixture("redis_url", "Redis", 6379, REDIS_URL)
 
 
 @pytest.fixture
@@ -74,13 +70,6 @@ async def open_channel(redis_url: str, key_prefix: str) -> AsyncIterator[OpenCha
         await channel.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class RedisServer:
     """A Redis server of the test's own, persisting every write (AOF, fsync always)."""
 
@@ -105,11 +94,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not port_open("127.0.0.1", self.port, timeout=0.1):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
+        wait_until_listening(self.process, self.port, "redis-server")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -122,10 +107,7 @@ class RedisServer:
 def private_redis() -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
     if binary is None:
-        reason = "redis-server is not installed; the restart test starts a server of its own"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail("redis-server is not installed; the restart test starts a server of its own")
     with tempfile.TemporaryDirectory(prefix="tidings-redis-") as directory:
         server = RedisServer(binary, Path(directory))
         server.start()

@@ -3,7 +3,6 @@ process's SQS server, and a private server that a test may stop and start again.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -13,7 +12,8 @@ import pytest
 pytest.importorskip("aiobotocore", reason="the 'sqs' extra is not installed")
 
 from aiobotocore.session import get_session
-from tests.conftest import IN_CI
+from tests.conftest import skip_or_fail
+from tests.servers import free_port
 from tests.sqs_server import CREDENTIALS, ServerUnavailable, SqsServer, require_sqs_server, start_fauxqs
 
 from tidings._clock import Clock, SystemClock
@@ -71,13 +71,6 @@ async def open_channel(sqs_server: SqsServer, queue_prefix: str) -> AsyncIterato
         await channel.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class PrivateServer:
     """A fauxqs server of the test's own on a fixed port, to stop and start again."""
 
@@ -101,10 +94,7 @@ def private_server(sqs_server: SqsServer) -> Iterator[PrivateServer]:
     try:
         server.start()
     except ServerUnavailable as error:
-        reason = f"the restart tests need fauxqs (Node.js and npm): {error}"
-        if IN_CI:
-            pytest.fail(f"CI=true and {reason}", pytrace=False)
-        pytest.skip(reason)
+        skip_or_fail(f"the restart tests need fauxqs (Node.js and npm): {error}")
     try:
         yield server
     finally:
