@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from tests.conftest import require_service
@@ -23,6 +25,51 @@ SERVERS = {
 }
 
 OpenChannel = Callable[..., Awaitable[SqlChannel]]
+
+
+class SenderAndConsumer(NamedTuple):
+    sender: SqlChannel
+    consumer: SqlChannel
+    consumer_database: Database
+
+
+@contextlib.asynccontextmanager
+async def sender_and_consumer(url: str) -> AsyncIterator[SenderAndConsumer]:
+    """A sender and a consumer of one fresh queue, each on a Database of its own as in two processes:
+    they share no in-process signal, so only the server's notifications wake the consumer (it polls
+    every 30 s). The queue is purged and everything closed after."""
+    sender_db, consumer_db = Database(url), Database(url)
+    await sender_db.create_schema()
+    name = f"it-{uuid.uuid4().hex[:12]}"
+    sender = SqlChannel(name, database=sender_db)
+    consumer = SqlChannel(name, database=consumer_db, poll_interval=30.0)
+    environment = ChannelEnvironment(app_name="it", clock=SystemClock())
+    await sender.connect(environment)
+    await consumer.connect(environment)
+    try:
+        yield SenderAndConsumer(sender, consumer, consumer_db)
+    finally:
+        await sender.purge()
+        await sender.close()
+        await consumer.close()
+        await sender_db.close()
+        await consumer_db.close()
+
+
+@contextlib.asynccontextmanager
+async def channel_and_database(url: str) -> AsyncIterator[tuple[SqlChannel, Database]]:
+    """A connected channel on a fresh queue, on a Database of its own with tidings' schema; the queue
+    is purged and both closed after."""
+    database = Database(url)
+    await database.create_schema()
+    channel = SqlChannel(f"it-{uuid.uuid4().hex[:12]}", database=database)
+    await channel.connect(ChannelEnvironment(app_name="it", clock=SystemClock()))
+    try:
+        yield channel, database
+    finally:
+        await channel.purge()
+        await channel.close()
+        await database.close()
 
 
 def database_url(kind: str, tmp_path: Path) -> str:

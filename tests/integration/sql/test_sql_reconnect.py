@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 import asyncpg
 import pytest
 from tests.conftest import require_service
 
 from tidings import headers as h
-from tidings._clock import SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import ChannelEnvironment
-from tidings.channels.sql import SqlChannel
 from tidings.channels.sql._driver import driver_connections_for
 from tidings.channels.sql._wakeup import wakeups_for
 from tidings.sql import Database
 
-from .conftest import MARIADB_URL, POSTGRES_URL
+from .conftest import MARIADB_URL, POSTGRES_URL, channel_and_database, sender_and_consumer
 
 
 def envelope(n: int) -> Envelope:
@@ -39,11 +35,7 @@ async def terminate(pids: set[int]) -> None:
 @pytest.mark.postgres
 async def test_a_channel_keeps_working_after_the_server_killed_its_connections() -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    database = Database(POSTGRES_URL)
-    await database.create_schema()
-    channel = SqlChannel(f"it-{uuid.uuid4().hex[:12]}", database=database)
-    await channel.connect(ChannelEnvironment(app_name="it", clock=SystemClock()))
-    try:
+    async with channel_and_database(POSTGRES_URL) as (channel, database):
         await channel.send([envelope(1)])
         pool = driver_connections_for(database)
         pids = {link.driver.get_server_pid() for link in pool._idle}
@@ -57,24 +49,12 @@ async def test_a_channel_keeps_working_after_the_server_killed_its_connections()
 
         assert sorted(d.envelope.message_id for d in received) == ["m-1", "m-2"]
         assert await channel.depth() == 0
-    finally:
-        await channel.purge()
-        await channel.close()
-        await database.close()
 
 
 @pytest.mark.postgres
 async def test_a_consumer_listens_again_after_its_listen_connection_was_killed() -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
-    sender_db, consumer_db = Database(POSTGRES_URL), Database(POSTGRES_URL)
-    await sender_db.create_schema()
-    name = f"it-{uuid.uuid4().hex[:12]}"
-    sender = SqlChannel(name, database=sender_db)
-    consumer = SqlChannel(name, database=consumer_db, poll_interval=30.0)
-    environment = ChannelEnvironment(app_name="it", clock=SystemClock())
-    await sender.connect(environment)
-    await consumer.connect(environment)
-    try:
+    async with sender_and_consumer(POSTGRES_URL) as (sender, consumer, consumer_db):
         wakeups = wakeups_for(consumer_db)
         await terminate({wakeups._driver.get_server_pid()})
         await asyncio.sleep(0.2)
@@ -90,22 +70,12 @@ async def test_a_consumer_listens_again_after_its_listen_connection_was_killed()
         assert time.monotonic() - started < 6.0
         assert wakeups.listening
         await consumer.ack(received)
-    finally:
-        await sender.purge()
-        await sender.close()
-        await consumer.close()
-        await sender_db.close()
-        await consumer_db.close()
 
 
 @pytest.mark.mariadb
 async def test_a_mariadb_channel_keeps_working_after_the_server_killed_its_connections() -> None:
     require_service("MariaDB", "127.0.0.1", 3306)
-    database = Database(MARIADB_URL)
-    await database.create_schema()
-    channel = SqlChannel(f"it-{uuid.uuid4().hex[:12]}", database=database)
-    await channel.connect(ChannelEnvironment(app_name="it", clock=SystemClock()))
-    try:
+    async with channel_and_database(MARIADB_URL) as (channel, database):
         await channel.send([envelope(1)])
         async with database.reading() as connection:
             own = (await connection.exec_driver_sql("SELECT CONNECTION_ID()")).scalar()
@@ -119,7 +89,3 @@ async def test_a_mariadb_channel_keeps_working_after_the_server_killed_its_conne
         await channel.ack(received)
 
         assert sorted(d.envelope.message_id for d in received) == ["m-1", "m-2"]
-    finally:
-        await channel.purge()
-        await channel.close()
-        await database.close()

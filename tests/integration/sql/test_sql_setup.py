@@ -21,7 +21,7 @@ from tidings.channels.sql._wakeup import wakeups_for
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
 from tidings.sql import SCHEMA_VERSION, Database, DatabaseUnavailable, SchemaMissing
 
-from .conftest import MARIADB_URL, POSTGRES_URL
+from .conftest import MARIADB_URL, POSTGRES_URL, sender_and_consumer
 
 UNREACHABLE = {
     "postgres": "postgresql+asyncpg://postgres:s3cret-pw@127.0.0.1:1/test",
@@ -229,15 +229,7 @@ async def test_a_second_write_transaction_inside_one_on_sqlite_fails_instead_of_
 async def test_a_consumer_of_another_process_wakes_on_notify_without_polling() -> None:
     require_service("PostgreSQL", "127.0.0.1", 5432)
     # Two Database objects share no in-process signal: only LISTEN/NOTIFY can wake the consumer.
-    sender_db, consumer_db = Database(POSTGRES_URL), Database(POSTGRES_URL)
-    await sender_db.create_schema()
-    name = f"it-{uuid.uuid4().hex[:12]}"
-    sender = SqlChannel(name, database=sender_db)
-    consumer = SqlChannel(name, database=consumer_db, poll_interval=30.0)
-    environment = ChannelEnvironment(app_name="it", clock=SystemClock())
-    await sender.connect(environment)
-    await consumer.connect(environment)
-    try:
+    async with sender_and_consumer(POSTGRES_URL) as (sender, consumer, consumer_db):
         assert wakeups_for(consumer_db).listening
         latencies = []
         for n in range(5):
@@ -249,12 +241,6 @@ async def test_a_consumer_of_another_process_wakes_on_notify_without_polling() -
             latencies.append(time.monotonic() - sent)
             await consumer.ack(received)
         assert max(latencies) < 0.3, latencies
-    finally:
-        await sender.purge()
-        await sender.close()
-        await consumer.close()
-        await sender_db.close()
-        await consumer_db.close()
 
 
 @pytest.mark.mariadb
