@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -50,6 +51,15 @@ class StartedOnFirstUse(Generic[Server]):
         if self.server is None:
             skip_or_fail(f"no {self._what} could be started: {self._failure}. {self._advice}")
         return self.server
+
+
+def installed(program: str, also_in: str | None = None) -> str:
+    """The path of the server `program` (looked for on PATH, then in `also_in`) that a restart test
+    starts a server of its own with; without it the test skips, or fails in CI."""
+    binary = shutil.which(program) or (also_in and shutil.which(program, path=also_in))
+    if not binary:
+        skip_or_fail(f"{program} is not installed; the restart test starts a server of its own")
+    return binary
 
 
 def free_port() -> int:

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("aiokafka", reason="the 'kafka' extra is not installed")
 
 from aiokafka import AIOKafkaProducer
+from tests.channels import opening_channels
 from tests.conformance.kinds.kafka import delete_topics
 from tests.kafka_server import CONSUMER_TIMINGS, KafkaServer, kafka_server
 
@@ -41,23 +42,16 @@ async def topic_prefix(kafka_server: KafkaServer) -> AsyncIterator[str]:
 async def open_channel(kafka_server: KafkaServer, topic_prefix: str) -> AsyncIterator[OpenChannel]:
     """Opens connected channels; by default all on one topic (and group), each its own member."""
     default_name = f"{topic_prefix}-work"
-    opened: list[KafkaChannel] = []
 
-    async def open_channel(
-        name: str | None = None, *, clock: Clock | None = None, **options: Any
-    ) -> KafkaChannel:
-        channel = KafkaChannel(
+    def make(name: str | None = None, **options: Any) -> KafkaChannel:
+        return KafkaChannel(
             name or default_name,
             bootstrap_servers=kafka_server.bootstrap_servers,
             **{**CONSUMER_TIMINGS, **options},
         )
-        await channel.connect(environment(clock))
-        opened.append(channel)
-        return channel
 
-    yield open_channel
-    for channel in opened:
-        await channel.close()
+    async with opening_channels(make, "kafka-integration") as open_channel:
+        yield open_channel
 
 
 @pytest.fixture

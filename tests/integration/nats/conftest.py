@@ -3,20 +3,19 @@ a proxy whose connections a test can cut, and a private NATS server a test may k
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from tests.channels import opening_channels
 from tests.conformance.kinds.nats import delete_streams
-from tests.conftest import skip_or_fail
-from tests.servers import server_url_fixture
+from tests.servers import installed, server_url_fixture
 
 pytest.importorskip("nats", reason="the 'nats' extra is not installed")
 
-from nats_support import NatsServer, OpenChannel, Proxy, environment
+from nats_support import NatsServer, OpenChannel, Proxy
 
 from tidings.channels.nats import NatsChannel
 
@@ -38,19 +37,12 @@ async def prefix(nats_url: str) -> AsyncIterator[str]:
 async def open_channel(nats_url: str, prefix: str) -> AsyncIterator[OpenChannel]:
     """Opens connected channels, each on its own connection, all on the same stream by default."""
     default_name = f"it-{uuid.uuid4().hex[:8]}"
-    opened: list[NatsChannel] = []
 
-    async def open_channel(
-        *, name: str = default_name, lease_seconds: float = 30.0, url: str = nats_url
-    ) -> NatsChannel:
-        channel = NatsChannel(name, url=url, lease_seconds=lease_seconds, prefix=prefix)
-        await channel.connect(environment())
-        opened.append(channel)
-        return channel
+    def make(*, name: str = default_name, lease_seconds: float = 30.0, url: str = nats_url) -> NatsChannel:
+        return NatsChannel(name, url=url, lease_seconds=lease_seconds, prefix=prefix)
 
-    yield open_channel
-    for channel in opened:
-        await channel.close()
+    async with opening_channels(make, "nats-integration") as open_channel:
+        yield open_channel
 
 
 @pytest.fixture
@@ -63,9 +55,7 @@ async def proxy(nats_url: str) -> AsyncIterator[Proxy]:
 
 @pytest.fixture
 def private_nats() -> Iterator[NatsServer]:
-    binary = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/bin")
-    if binary is None:
-        skip_or_fail("nats-server is not installed; the restart test starts a server of its own")
+    binary = installed("nats-server", also_in="/usr/sbin:/usr/local/bin")
     with tempfile.TemporaryDirectory(prefix="tidings-nats-") as directory:
         server = NatsServer(binary, Path(directory))
         server.start()

@@ -3,7 +3,6 @@ and a private Redis server that a test may stop and start again."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -11,35 +10,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import skip_or_fail
-from tests.servers import free_port, server_url_fixture, wait_until_listening
-
-from tidings._clock import SystemClock
-from tidings.channels.base import ChannelEnvironment
+from tests.channels import opening_channels
+from tests.conformance.kinds.redis import delete_keys
+from tests.servers import free_port, installed, server_url_fixture, wait_until_listening
 
 pytest.importorskip("redis", reason="the 'redis' extra is not installed")
-
-from redis.asyncio import Redis
 
 from tidings.channels.redis import RedisChannel
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 OpenChannel = Callable[..., Awaitable[RedisChannel]]
-
-
-def environment() -> ChannelEnvironment:
-    return ChannelEnvironment(app_name="redis-integration", clock=SystemClock())
-
-
-async def delete_keys(url: str, prefix: str) -> None:
-    client = Redis.from_url(url)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
 
 
 redis_url = server_url_fixture("redis_url", "Redis", 6379, REDIS_URL)
@@ -50,24 +31,19 @@ async def key_prefix(redis_url: str) -> AsyncIterator[str]:
     """A key prefix of the test's own; its keys are deleted afterwards."""
     prefix = f"tidings-it-{uuid.uuid4().hex[:12]}"
     yield prefix
-    await delete_keys(redis_url, prefix)
+    await delete_keys(prefix)
 
 
 @pytest.fixture
 async def open_channel(redis_url: str, key_prefix: str) -> AsyncIterator[OpenChannel]:
     """Opens connected channels, each on its own connections, all on the same queue."""
     name = f"it-{uuid.uuid4().hex[:8]}"
-    opened: list[RedisChannel] = []
 
-    async def open_channel(*, lease_seconds: float = 30.0, url: str = redis_url) -> RedisChannel:
-        channel = RedisChannel(name, url=url, lease_seconds=lease_seconds, key_prefix=key_prefix)
-        await channel.connect(environment())
-        opened.append(channel)
-        return channel
+    def make(*, lease_seconds: float = 30.0, url: str = redis_url) -> RedisChannel:
+        return RedisChannel(name, url=url, lease_seconds=lease_seconds, key_prefix=key_prefix)
 
-    yield open_channel
-    for channel in opened:
-        await channel.close()
+    async with opening_channels(make, "redis-integration") as open_channel:
+        yield open_channel
 
 
 class RedisServer:
@@ -105,9 +81,7 @@ class RedisServer:
 
 @pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        skip_or_fail("redis-server is not installed; the restart test starts a server of its own")
+    binary = installed("redis-server")
     with tempfile.TemporaryDirectory(prefix="tidings-redis-") as directory:
         server = RedisServer(binary, Path(directory))
         server.start()

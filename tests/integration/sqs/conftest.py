@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("aiobotocore", reason="the 'sqs' extra is not installed")
 
 from aiobotocore.session import get_session
+from tests.channels import opening_channels
 from tests.conftest import skip_or_fail
 from tests.servers import free_port
 from tests.sqs_server import CREDENTIALS, ServerUnavailable, SqsServer, require_sqs_server, start_fauxqs
@@ -55,20 +56,13 @@ async def queue_prefix(raw_client: Any) -> AsyncIterator[str]:
 async def open_channel(sqs_server: SqsServer, queue_prefix: str) -> AsyncIterator[OpenChannel]:
     """Opens connected channels; by default all on one queue, each with its own connections."""
     default_name = f"{queue_prefix}-work"
-    opened: list[SqsChannel] = []
 
-    async def open_channel(
-        name: str | None = None, *, clock: Clock | None = None, **options: Any
-    ) -> SqsChannel:
+    def make(name: str | None = None, **options: Any) -> SqsChannel:
         options.setdefault("endpoint_url", sqs_server.endpoint_url)
-        channel = SqsChannel(name or default_name, **CREDENTIALS, **options)
-        await channel.connect(environment(clock))
-        opened.append(channel)
-        return channel
+        return SqsChannel(name or default_name, **CREDENTIALS, **options)
 
-    yield open_channel
-    for channel in opened:
-        await channel.close()
+    async with opening_channels(make, "sqs-integration") as open_channel:
+        yield open_channel
 
 
 class PrivateServer:
