@@ -16,7 +16,7 @@ import os
 import resource
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -47,6 +47,10 @@ _RECEIVE_RETRY_FIRST: Final = 0.5
 _RECEIVE_RETRY_MAX: Final = 30.0
 _EMPTY_CHECK_TIMEOUT: Final = 0.05
 _MAX_FALLBACK_DELAY: Final = 60.0
+#: A worker lets the event loop run other tasks at least once per this many jobs.
+_YIELD_EVERY: Final = 8
+#: How long acks may wait to go out together while the consumer is busy.
+_ACK_LINGER: Final = 0.02
 
 
 @dataclass
@@ -102,16 +106,37 @@ class _Job:
 
 
 class _Acker:
-    """Acks in batches: acks that arrive while one batch is in flight go out together next."""
+    """Acks in batches of up to `batch_size`.
 
-    def __init__(self, channel: Channel) -> None:
+    Acks gather while workers still have queued work (for at most `_ACK_LINGER` seconds) and while
+    an earlier batch is in flight; they go out at once when the consumer has nothing else queued, so
+    a quiet consumer acks each message straight away. A delayed ack costs nothing but a slightly
+    longer lease: until it lands, the message stays leased to this consumer.
+    """
+
+    def __init__(self, channel: Channel, batch_size: int, queued: Callable[[], int]) -> None:
         self.channel = channel
+        self.batch_size = batch_size
+        self._queued = queued
         self._buffer: list[Delivery] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._linger: asyncio.TimerHandle | None = None
 
     def ack(self, delivery: Delivery) -> None:
-        self._buffer.append(delivery)
-        if self._flushing is None or self._flushing.done():
+        buffer = self._buffer
+        buffer.append(delivery)
+        if self._flushing is not None and not self._flushing.done():
+            return  # the flush in flight takes this one next
+        if len(buffer) >= self.batch_size or not self._queued():
+            self._start_flush()
+        elif self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(_ACK_LINGER, self._start_flush)
+
+    def _start_flush(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        if self._buffer and (self._flushing is None or self._flushing.done()):
             self._flushing = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
@@ -122,8 +147,14 @@ class _Acker:
             except Exception:
                 # The broker will redeliver these; handlers are protected by deduplication.
                 logger.exception("acking %d messages on %r failed", len(batch), self.channel)
+            if len(self._buffer) < self.batch_size and self._queued():
+                break
+        if self._buffer and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(_ACK_LINGER, self._start_flush)
 
     async def drain(self) -> None:
+        self.batch_size = 0  # from now on, nothing waits
+        self._start_flush()
         while self._flushing is not None and not self._flushing.done():
             await self._flushing
 
@@ -163,6 +194,7 @@ class Consumer:
         self.message_limit = message_limit
         self.time_limit = time_limit
         self.memory_limit_mb = memory_limit_mb
+        self._limited = message_limit is not None or memory_limit_mb is not None
         self.stop_when_empty = stop_when_empty
         self.drain_timeout = drain_timeout
         self.raise_errors = raise_errors
@@ -171,13 +203,23 @@ class Consumer:
         self.failure_policy = app.failure_policy
         self._stopping = asyncio.Event()
         self._active = 0
+        receivers = sum(channel.concurrent_receives for channel in self.channels)
+        # Room for every receiver's batch (a receive waiting on a quiet channel holds its slots),
+        # plus one batch waiting for the workers.
+        self._capacity = concurrency + (receivers + 1) * batch_size
+        #: Slots held for batches being received.
+        self._reserved = 0
+        self._receiving = dict.fromkeys((channel.name for channel in self.channels), 0)
+        #: Finished jobs wake the receivers only once this few are left, not after every message.
+        self._receive_below = self._capacity - batch_size
         self._slot_freed = asyncio.Event()
         self._queue: collections.deque[_Job] = collections.deque()
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
         self._running: set[_Job] = set()
         self._waking = False
         self._workers: list[asyncio.Task[None]] = []
-        self._ackers = {channel.name: _Acker(channel) for channel in self.channels}
+        queued = self._queue.__len__
+        self._ackers = {channel.name: _Acker(channel, batch_size, queued) for channel in self.channels}
         self._empty = dict.fromkeys(self._ackers, False)
 
     def stop(self, reason: str = "stopped") -> None:
@@ -186,6 +228,7 @@ class Consumer:
             self.stats.stopped_because = reason
             logger.info("consumer stopping (%s), draining in-flight handlers", reason)
             self._stopping.set()
+            self._slot_freed.set()  # receivers waiting for room see the stop
 
     async def run(self, *, handle_signals: bool = False) -> ConsumerStats:
         loop = asyncio.get_running_loop()
@@ -196,7 +239,11 @@ class Consumer:
         if self.time_limit is not None:
             timer = loop.call_later(self.time_limit, self.stop, "time limit")
         self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
-        receivers = [asyncio.ensure_future(self._receive_loop(channel)) for channel in self.channels]
+        receivers = [
+            asyncio.ensure_future(self._receive_loop(channel, primary=number == 0))
+            for channel in self.channels
+            for number in range(channel.concurrent_receives)
+        ]
         heartbeats = [asyncio.ensure_future(self._heartbeat(channel)) for channel in self.channels]
         if self.run_schedules:
             from tidings._schedules import run_schedules
@@ -224,27 +271,37 @@ class Consumer:
 
     # -- receiving --------------------------------------------------------------------------------
 
-    async def _free_slots(self) -> int:
-        # Up to one batch is received ahead of the workers, so that receives stay full batches even
-        # with few workers; what waits keeps its lease (see _heartbeat) and goes back on stop.
-        capacity = self.concurrency + self.batch_size
-        while self._active >= capacity:
+    async def _reserve_slots(self) -> int:
+        # Batches wait ahead of the workers, and a receive waits until a whole batch fits: receives
+        # stay full batches (one round trip per batch, not per few messages) and the workers have
+        # work to go on with while the next batch is on the wire. What waits keeps its lease (see
+        # _heartbeat) and goes back on stop. Slots are reserved for the receive's whole batch, so
+        # concurrent receives never take more than fits.
+        while self._active + self._reserved > self._receive_below and not self._stopping.is_set():
             self._slot_freed.clear()
             await self._slot_freed.wait()
-        return capacity - self._active
+        reserved = min(self.batch_size, self._capacity - self._active - self._reserved)
+        self._reserved += reserved
+        return reserved
 
-    async def _receive_loop(self, channel: Channel) -> None:
+    async def _receive_loop(self, channel: Channel, *, primary: bool = True) -> None:
         timeout = _EMPTY_CHECK_TIMEOUT if self.stop_when_empty else _IDLE_RECEIVE_TIMEOUT
         stopping = asyncio.ensure_future(self._stopping.wait())
         receiving: asyncio.Future[list[Delivery]] | None = None
         failures = 0
         try:
             while not self._stopping.is_set():
-                free = await self._free_slots()
+                reserved = await self._reserve_slots()
                 if self._stopping.is_set():
+                    self._reserved -= reserved
                     break
-                receiving = asyncio.ensure_future(channel.receive(min(self.batch_size, free), timeout))
-                await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                self._receiving[channel.name] += 1
+                try:
+                    receiving = asyncio.ensure_future(channel.receive(reserved, timeout))
+                    await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._receiving[channel.name] -= 1
+                    self._reserved -= reserved
                 if not receiving.done():
                     break
                 failure = receiving.exception()
@@ -265,9 +322,13 @@ class Consumer:
                     self._empty[channel.name] = False
                     self._dispatch(channel, deliveries)
                 elif self.stop_when_empty:
-                    self._empty[channel.name] = True
-                    if not self._active and all(self._empty.values()):
-                        self.stop("empty")
+                    if not primary:
+                        break  # the primary receiver alone decides that the channel is empty
+                    if not self._receiving[channel.name]:
+                        # Not while another receive on this channel may still bring messages.
+                        self._empty[channel.name] = True
+                        if not self._active and all(self._empty.values()):
+                            self.stop("empty")
         finally:
             stopping.cancel()
             if receiving is not None:
@@ -313,7 +374,13 @@ class Consumer:
         loop = asyncio.get_running_loop()
         queue = self._queue
         stopping = self._stopping
+        ran = 0
         while True:
+            if ran == _YIELD_EVERY:
+                # Handlers that never suspend would otherwise keep the loop until the queue is
+                # empty, with the next receive and the acks waiting behind them.
+                ran = 0
+                await asyncio.sleep(0)
             # Once stopping, nothing new starts: what waits in the queue goes back to its channel.
             while not queue or stopping.is_set():
                 waiter = loop.create_future()
@@ -321,6 +388,7 @@ class Consumer:
                 await waiter
                 self._waking = False
             job = queue.popleft()
+            ran += 1
             if queue and not self._waking:
                 self._wake_one()
             self._running.add(job)
@@ -332,7 +400,10 @@ class Consumer:
             finally:
                 self._running.discard(job)
                 self._active -= 1
-                self._slot_freed.set()
+                if self._active + self._reserved <= self._receive_below:
+                    self._slot_freed.set()
+                    if self._active + self._reserved == self._receive_below:
+                        ran = _YIELD_EVERY
 
     # -- handling ---------------------------------------------------------------------------------
 
@@ -388,7 +459,9 @@ class Consumer:
             return
         self._ackers[channel.name].ack(delivery)
         if outcome is None:
-            self._count_handled()
+            self.stats.handled += 1
+            if self._limited:
+                self._check_limits()
         elif outcome == RETRIED:
             self.stats.retried += 1
         elif outcome == DEAD_LETTERED:
@@ -459,7 +532,8 @@ class Consumer:
                 acker.ack(delivery)
             self.stats.relayed += len(batch)
             self._note_relay_lag(batch)
-            self._count_handled(len(batch), counted=False)
+            if self._limited:
+                self._check_limits()
 
     def _note_relay_lag(self, batch: list[Delivery]) -> None:
         stamps = [float(d.envelope.headers.get(h.TIMESTAMP, "inf")) for d in batch]
@@ -469,9 +543,7 @@ class Consumer:
             self.stats.relay_lag = lag
             self.stats.max_relay_lag = max(self.stats.max_relay_lag, lag)
 
-    def _count_handled(self, count: int = 1, *, counted: bool = True) -> None:
-        if counted:
-            self.stats.handled += count
+    def _check_limits(self) -> None:
         done = self.stats.handled + self.stats.relayed
         if self.message_limit is not None and done >= self.message_limit:
             self.stop("message limit")
@@ -502,6 +574,7 @@ class Consumer:
             self._active -= 1
             self.stats.returned += len(job.deliveries)
             await job.channel.nack(job.deliveries)
+        self._receive_below = self._capacity  # from now on, every finished job is news
         started = time.monotonic()
         deadline = started + self.drain_timeout
         while self._running and time.monotonic() < deadline:

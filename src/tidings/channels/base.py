@@ -82,6 +82,10 @@ class Channel(ABC):
 
     #: What this kind of channel honours natively.
     capabilities: Capabilities = Capabilities()
+    #: How many receives a consumer keeps in flight on this channel at once. More than one pays
+    #: where a receive's round trip outlasts handling a batch, on channels whose `receive` may run
+    #: concurrently with itself.
+    concurrent_receives: int = 1
 
     def __init__(self, name: str, *, lease_seconds: float = 30.0) -> None:
         if not name or not all(c.isalnum() or c in "-_." for c in name):

@@ -66,6 +66,8 @@ class RedisChannel(Channel):
     """A queue channel on Redis with native delay, priority lanes and lease-based redelivery."""
 
     capabilities = Capabilities(delay=True, priority=True)
+    # A claim's round trip takes about as long as handling its batch: keep a second one on the wire.
+    concurrent_receives = 2
 
     def __init__(
         self,

@@ -113,6 +113,10 @@ class SqlChannel(Channel):
             self._signal = self._wakeups.signal(self.name)
             await self._wakeups.listen(self.name)
             self._listening = database.backend == "postgresql"
+            if database.backend == "postgresql":
+                # Claims skip each other's locked rows, so a second one can be on the wire while
+                # the first batch is handled.
+                self.concurrent_receives = 2
         except BaseException:
             if self._queue is not None:
                 queue, self._queue = self._queue, None
