@@ -19,8 +19,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 
+from tidings import headers as h
 from tidings._consumer import OUTCOME
 from tidings._decorators import spec_of
 from tidings.middleware.base import CallNext, Middleware
@@ -43,6 +44,7 @@ logger = logging.getLogger("tidings.deduplication")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _OPTION = "deduplicated"
+_MESSAGE_ID: Final = h.MESSAGE_ID
 DUPLICATE = "duplicate"
 _PURGE_EVERY_SECONDS = 600.0
 
@@ -146,17 +148,16 @@ class DeduplicationMiddleware(Middleware):
         return known
 
     @staticmethod
-    def _key(rule: _Deduplication | None, context: MessageContext) -> str | None:
-        if rule is None or (rule.header is None and rule.key is None):
-            return context.message_id or None
+    def _key(rule: _Deduplication, context: MessageContext) -> str | None:
         if rule.header is not None:
             return context.headers.get(rule.header)
-        assert rule.key is not None
-        return str(rule.key(context.message))
+        if rule.key is not None:
+            return str(rule.key(context.message))
+        return context.message_id or None
 
     async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        rule, tracking = self._rule(context.endpoint)
-        key = self._key(rule, context)
+        rule, tracking = self._rules.get(context.endpoint.id) or self._rule(context.endpoint)
+        key = (context.headers.get(_MESSAGE_ID) or None) if rule is None else self._key(rule, context)
         if key is None:
             return await call_next(context)
         # Copies of one key handled at once in this process take turns, so the second sees the

@@ -6,9 +6,10 @@ through the open transaction when there is one, so its record commits with the h
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, final
+from typing import Any, Generic, TypeVar, final
 
 import msgspec
 from sqlalchemy import (
@@ -215,16 +216,65 @@ class SqlDeadLetterStore:
         )
 
 
-# Outside a transaction, PostgreSQL records go straight through asyncpg: SQLAlchemy's per-statement
-# cost would otherwise make deduplication the slowest step of every message.
-_PG_CONTAINS = "SELECT 1 FROM tidings_deduplication WHERE tracking = $1 AND message_key = $2"
+# Outside a transaction, PostgreSQL records go straight through asyncpg, and the lookups and records
+# of messages handled at the same time go as one statement each: SQLAlchemy's per-statement cost and
+# a round trip per message would otherwise make deduplication the slowest step of every message.
+_PG_FOUND = (
+    "SELECT d.tracking, d.message_key FROM tidings_deduplication AS d "
+    "JOIN unnest($1::text[], $2::text[]) AS wanted(tracking, message_key) "
+    "ON d.tracking = wanted.tracking AND d.message_key = wanted.message_key"
+)
 # Like an ack, a record outside a transaction only guards against redelivery: losing it in a database
 # crash can only let a duplicate through, so its commit does not wait for the WAL flush.
 _PG_ADD = (
     "WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)) "
     "INSERT INTO tidings_deduplication (tracking, message_key, handled_at) "
-    "SELECT $1::text, $2::text, $3::float8 FROM quick ON CONFLICT DO NOTHING"
+    "SELECT records.* FROM unnest($1::text[], $2::text[], $3::float8[]) AS records, quick "
+    "ON CONFLICT DO NOTHING"
 )
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class _Coalescing(Generic[Item, Result]):
+    """Runs the calls of concurrent tasks as one batch call.
+
+    A batch leaves once the other ready tasks have had their turn to join it (so the handlings a
+    consumer runs at once share it); calls made while it is on the wire form the next one.
+    """
+
+    def __init__(self, run_batch: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
+        self._run_batch = run_batch
+        self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: Item) -> Result:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            gathered = 0
+            while gathered != len(self._waiting):
+                gathered = len(self._waiting)
+                await asyncio.sleep(0)
+            batch, self._waiting = self._waiting, []
+            try:
+                results = await self._run_batch([item for item, _ in batch])
+            except BaseException as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
 
 @final
@@ -233,6 +283,8 @@ class SqlDeduplicationStore:
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._pg_contains = _Coalescing(self._pg_found)
+        self._pg_add = _Coalescing(self._pg_record)
 
     def _driver(self) -> Any:
         from tidings.channels.sql._driver import driver_connections_for
@@ -240,19 +292,21 @@ class SqlDeduplicationStore:
         return driver_connections_for(self.database)
 
     async def contains(self, tracking: str, key: str) -> bool:
+        if current_scope(self.database) is None and self.database.backend == "postgresql":
+            return await self._pg_contains((tracking, key))
         query = select(deduplication.c.handled_at).where(
             deduplication.c.tracking == tracking, deduplication.c.message_key == key
         )
         if current_scope(self.database) is not None:
             async with _joining(self.database) as connection:
                 return (await connection.execute(query)).first() is not None
-        if self.database.backend == "postgresql":
-            found = await self._driver().fetchrow(_PG_CONTAINS, tracking, key)
-            return found is not None
         async with self.database.reading() as connection:
             return (await connection.execute(query)).first() is not None
 
     async def add(self, tracking: str, key: str, handled_at: float) -> None:
+        if current_scope(self.database) is None and self.database.backend == "postgresql":
+            await self._pg_add((tracking, key, handled_at))
+            return
         record = insert(deduplication).values(tracking=tracking, message_key=key, handled_at=handled_at)
         if current_scope(self.database) is not None:
             # A concurrent duplicate's insert waits on this row, then fails on the primary key and
@@ -260,14 +314,21 @@ class SqlDeduplicationStore:
             async with _joining(self.database) as connection:
                 await connection.execute(record)
             return
-        if self.database.backend == "postgresql":
-            await self._driver().execute(_PG_ADD, tracking, key, handled_at)
-            return
         try:
             async with self.database.writing() as connection:
                 await connection.execute(record)
         except IntegrityError:
             pass  # a concurrent copy was handled and recorded first: the record stands
+
+    async def _pg_found(self, slots: list[tuple[str, str]]) -> list[bool]:
+        rows = await self._driver().fetch(_PG_FOUND, [t for t, _ in slots], [k for _, k in slots])
+        found = {(row[0], row[1]) for row in rows}
+        return [slot in found for slot in slots]
+
+    async def _pg_record(self, records: list[tuple[str, str, float]]) -> list[None]:
+        trackings, keys, times = zip(*records, strict=True)
+        await self._driver().execute(_PG_ADD, list(trackings), list(keys), list(times))
+        return [None] * len(records)
 
     async def purge(self, older_than: float) -> int:
         async with self.database.writing() as connection:
