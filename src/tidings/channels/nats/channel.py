@@ -30,7 +30,9 @@ What maps onto what:
   messages are unacked deliveries, the consumer's `max_ack_pending` is unlimited. JetStream 2.9 does
   not keep a nak's delay across a server restart: a message waiting on one then comes back when
   its `ack_wait` since the early delivery ends (and is naked again if still early), so after a
-  restart a delay can end up to one lease late, never early.
+  restart a delay can end up to one lease late, never early. A waiting pull request never expires
+  at the moment a message naked by this process comes back (`_pull_expiry`), which JetStream 2.9
+  can get wrong.
 - **Priority.** JetStream delivers in stream order: `capabilities.priority` is False, so an app
   refuses `@priority` handlers on a NATS channel at start-up.
 - **TTL.** Checked by the consumer on receive (JetStream 2.9 has no per-message expiry).
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -89,6 +92,9 @@ _EARLY_TOLERANCE: Final = 0.01
 _SHORTEST_WAIT: Final = 0.01
 #: How many early deliveries the channel remembers (by stream sequence) to correct delivery counts.
 _EARLY_MEMORY: Final = 100_000
+#: A waiting pull request does not end this close to the time a naked message comes back (see
+#: `_pull_expiry`).
+_EXPIRY_CLEARANCE: Final = 0.03
 #: The pause between reconnect attempts once connected (the first attempt is immediate).
 _RECONNECT_PAUSE: Final = 0.5
 #: Unanswered pull requests check the stream and consumer at most this often.
@@ -162,6 +168,8 @@ class NatsChannel(Channel):
         self._receiving = asyncio.Lock()
         # Stream sequence -> early deliveries this process naked, oldest first.
         self._early: dict[int, int] = {}
+        # When the messages this process naked early come back, on the loop's clock (a heap).
+        self._early_due: list[float] = []
         # Ack subject -> [extended until, last +WPI], both on the loop's clock.
         self._extended: dict[str, list[float]] = {}
         self._lease_keeper: asyncio.Task[None] | None = None
@@ -437,15 +445,34 @@ class NatsChannel(Channel):
                 if not await pulls.pull(max_messages, None) and not pulls.closed:
                     self._repair_soon()
                 continue
-            remaining = deadline - loop.time()
+            remaining = self._pull_expiry(loop.time(), deadline - loop.time())
             if remaining < _SHORTEST_WAIT:
                 return []
             await pulls.pull(1, remaining)
             probe = True
         return []
 
+    def _pull_expiry(self, now: float, remaining: float) -> float:
+        """How long a waiting pull request may last: `remaining`, unless it would then end just as a
+        message this process naked comes back.
+
+        JetStream 2.9 can hand a message whose nak delay ends to a request that is expiring at that
+        very moment and answer neither (seen with nats-server 2.9.10): the message then stays
+        leased to nobody until `ack_wait` ends. Ending the request a little earlier leaves the
+        message to the next request.
+        """
+        due = self._early_due
+        while due and due[0] < now:
+            heapq.heappop(due)
+        expires = now + remaining
+        for when in due:
+            if abs(when - expires) < _EXPIRY_CLEARANCE:
+                expires = min(expires, when - _EXPIRY_CLEARANCE)
+        return expires - now
+
     async def _take_due(self, arrived: deque[Msg], max_messages: int) -> list[Delivery]:
         now = self._clock.now()
+        loop_now = asyncio.get_running_loop().time()
         early_counts = self._early
         deliveries: list[Delivery] = []
         early: list[bytes] = []
@@ -459,6 +486,7 @@ class NatsChannel(Channel):
             if deliver_at is not None:
                 wait = _seconds_until(deliver_at, now)
                 if wait > _EARLY_TOLERANCE:
+                    heapq.heappush(self._early_due, loop_now + wait)
                     replies.append(reply)
                     early.append(b'-NAK {"delay":%d}' % int(wait * 1e9))
                     early_counts[sequence] = early_counts.pop(sequence, 0) + 1
@@ -469,6 +497,7 @@ class NatsChannel(Channel):
         if early:
             while len(early_counts) > _EARLY_MEMORY:
                 del early_counts[next(iter(early_counts))]
+            del self._early_due[_EARLY_MEMORY:]  # a heap stays one when cut short
             # Not confirmed: a lost nak only means the message comes back when its lease ends.
             client = self._require()
             for reply, nak in zip(replies, early, strict=True):
