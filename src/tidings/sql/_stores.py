@@ -219,10 +219,14 @@ class SqlDeadLetterStore:
 # Outside a transaction, PostgreSQL records go straight through asyncpg, and the lookups and records
 # of messages handled at the same time go as one statement each: SQLAlchemy's per-statement cost and
 # a round trip per message would otherwise make deduplication the slowest step of every message.
+# One primary-key lookup per wanted record, whatever the planner believes about the table's size: a
+# plain join, planned while the table was small and cached with the prepared statement, would go on
+# scanning the whole table as it grows (and its statistics lag where autovacuum is off).
 _PG_FOUND = (
-    "SELECT d.tracking, d.message_key FROM tidings_deduplication AS d "
-    "JOIN unnest($1::text[], $2::text[]) AS wanted(tracking, message_key) "
-    "ON d.tracking = wanted.tracking AND d.message_key = wanted.message_key"
+    "SELECT wanted.tracking, wanted.message_key "
+    "FROM unnest($1::text[], $2::text[]) AS wanted(tracking, message_key), "
+    "LATERAL (SELECT 1 FROM tidings_deduplication AS d "
+    "WHERE d.tracking = wanted.tracking AND d.message_key = wanted.message_key LIMIT 1) AS found"
 )
 # Like an ack, a record outside a transaction only guards against redelivery: losing it in a database
 # crash can only let a duplicate through, so its commit does not wait for the WAL flush.
