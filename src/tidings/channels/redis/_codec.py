@@ -28,8 +28,8 @@ __all__ = ["decode_batch", "encode_element", "frame"]
 _FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_batch = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
-_decode_element = msgspec.msgpack.Decoder(tuple[int, str, str, dict[str, str], bytes]).decode
+_decode_receipts = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+_decode_elements = msgspec.msgpack.Decoder(list[tuple[int, str, str, dict[str, str], bytes]]).decode
 
 
 def encode_element(priority: str, uid: str, envelope: Envelope) -> bytes:
@@ -39,12 +39,17 @@ def encode_element(priority: str, uid: str, envelope: Envelope) -> bytes:
 
 
 def decode_batch(batch: bytes) -> list[Delivery]:
-    """Deliveries from a claim script's reply: a msgpack array of elements."""
-    deliveries = []
-    for raw in _decode_batch(batch):
-        count, _, _, headers, body = _decode_element(raw)
-        deliveries.append(Delivery(Envelope(body, headers), bytes(raw), count + 1))
-    return deliveries
+    """Deliveries from a claim script's reply: a msgpack array of elements.
+
+    Decoded twice in C, once whole and once element by element as raw slices (the receipts), which
+    is cheaper than decoding each slice on its own.
+    """
+    return [
+        Delivery(Envelope(body, headers), bytes(receipt), count + 1)
+        for receipt, (count, _, _, headers, body) in zip(
+            _decode_receipts(batch), _decode_elements(batch), strict=True
+        )
+    ]
 
 
 def frame(values: Sequence[bytes | str]) -> bytes:
