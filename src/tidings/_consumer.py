@@ -129,7 +129,11 @@ class _Acker:
             return  # the flush in flight takes this one next
         if len(buffer) >= self.batch_size or not self._queued():
             self._start_flush()
-        elif self._linger is None:
+        else:
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(_ACK_LINGER, self._start_flush)
 
     def _start_flush(self) -> None:
@@ -149,8 +153,8 @@ class _Acker:
                 logger.exception("acking %d messages on %r failed", len(batch), self.channel)
             if len(self._buffer) < self.batch_size and self._queued():
                 break
-        if self._buffer and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(_ACK_LINGER, self._start_flush)
+        if self._buffer:
+            self._flush_later()
 
     async def drain(self) -> None:
         self.batch_size = 0  # from now on, nothing waits
@@ -402,8 +406,6 @@ class Consumer:
                 self._active -= 1
                 if self._active + self._reserved <= self._receive_below:
                     self._slot_freed.set()
-                    if self._active + self._reserved == self._receive_below:
-                        ran = _YIELD_EVERY
 
     # -- handling ---------------------------------------------------------------------------------
 

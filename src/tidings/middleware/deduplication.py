@@ -140,11 +140,10 @@ class DeduplicationMiddleware(Middleware):
     def applies_to(self, endpoint: Endpoint) -> bool:
         return _OPTION in endpoint.options or (self.by_default and endpoint.is_asynchronous)
 
-    def _rule(self, endpoint: Endpoint) -> tuple[_Deduplication | None, str]:
-        known = self._rules.get(endpoint.id)
-        if known is None:
-            rule: _Deduplication | None = endpoint.options.get(_OPTION)
-            known = self._rules[endpoint.id] = (rule, (rule.tracking_name if rule else None) or endpoint.id)
+    def _learn_rule(self, endpoint: Endpoint) -> tuple[_Deduplication | None, str]:
+        """The endpoint's rule and tracking name, kept for its next messages."""
+        rule: _Deduplication | None = endpoint.options.get(_OPTION)
+        known = self._rules[endpoint.id] = (rule, (rule.tracking_name if rule else None) or endpoint.id)
         return known
 
     @staticmethod
@@ -156,7 +155,7 @@ class DeduplicationMiddleware(Middleware):
         return context.message_id or None
 
     async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        rule, tracking = self._rules.get(context.endpoint.id) or self._rule(context.endpoint)
+        rule, tracking = self._rules.get(context.endpoint.id) or self._learn_rule(context.endpoint)
         key = (context.headers.get(_MESSAGE_ID) or None) if rule is None else self._key(rule, context)
         if key is None:
             return await call_next(context)
