@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, final
 
 from uuid_utils import uuid7
 
 from tidings import headers as h
-from tidings._context import MessageContext, current_context
+from tidings._context import MessageContext, handling_scope
 from tidings._message import Envelope, message_name
 from tidings._serialization import encode
 from tidings.exceptions import ConfigurationError, HandlerNotFound, SerializationError
@@ -36,9 +35,6 @@ _MESSAGE_ID: Final = h.MESSAGE_ID
 _CORRELATION_ID: Final = h.CORRELATION_ID
 _TIMESTAMP: Final = h.TIMESTAMP
 _MESSAGE_NAME: Final = h.MESSAGE_NAME
-
-#: Messages waiting for the current bus call or handling to succeed.
-pending_sends: ContextVar[list[Outgoing] | None] = ContextVar("tidings_pending", default=None)
 
 Observer = Callable[["HandlerKind", Any, Mapping[str, str]], None]
 
@@ -94,7 +90,7 @@ class Dispatcher:
 
     def new_headers(self, name: str, explicit: Mapping[str, str] | None) -> dict[str, str]:
         """Headers for a new message: propagated from the one being handled, then the explicit ones."""
-        parent = current_context.get()
+        parent = handling_scope.get()[0]
         if parent is None and not explicit:
             message_id = str(uuid7())
             return {
@@ -165,14 +161,15 @@ class Dispatcher:
             body = self._encode(message, message_headers)
             await self.enqueue(endpoint, body, message_headers, message, options)
             return None
-        if pending_sends.get() is not None:
+        parent, outer = handling_scope.get()
+        if outer is not None:
             return await self.invoke(endpoint, message, message_headers)
         pending: list[Outgoing] = []
-        token = pending_sends.set(pending)
+        token = handling_scope.set((parent, pending))
         try:
             result = await self.invoke(endpoint, message, message_headers)
         finally:
-            pending_sends.reset(token)
+            handling_scope.reset(token)
         if pending:
             await self.flush(pending)
         return result
@@ -208,14 +205,15 @@ class Dispatcher:
         return await self.invoke(endpoints[0], message, message_headers)
 
     async def _collecting(self, deliver: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        if pending_sends.get() is not None:
+        parent, outer = handling_scope.get()
+        if outer is not None:
             return await deliver(*args)
         pending: list[Outgoing] = []
-        token = pending_sends.set(pending)
+        token = handling_scope.set((parent, pending))
         try:
             result = await deliver(*args)
         finally:
-            pending_sends.reset(token)
+            handling_scope.reset(token)
         if pending:
             await self.flush(pending)
         return result
@@ -256,14 +254,14 @@ class Dispatcher:
             # Routed by name with a payload of another shape: convert through the wire format.
             message = endpoint.decode(self._encode(message, headers), headers.get(h.MESSAGE_NAME))
         context = MessageContext(self.app, endpoint, headers, message)
-        token = current_context.set(context)
+        token = handling_scope.set((context, handling_scope.get()[1]))
         try:
             if endpoint.bare:
                 return await endpoint.function(message)
             assert endpoint.pipeline is not None
             return await endpoint.pipeline(context)
         finally:
-            current_context.reset(token)
+            handling_scope.reset(token)
 
     def call_handler(self, endpoint: Endpoint) -> Callable[[MessageContext], Awaitable[Any]]:
         """The innermost step of an endpoint's pipeline: call the function with its arguments."""
@@ -317,7 +315,7 @@ class Dispatcher:
         await self._send_chain(Outgoing(endpoint.first_channel, Envelope(body, wire), message))
 
     async def _collect(self, outgoing: Outgoing) -> None:
-        pending = pending_sends.get()
+        pending = handling_scope.get()[1]
         if pending is None:
             await outgoing.channel.send([outgoing.envelope])
         else:

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from tidings import headers as h
-from tidings._buses import pending_sends
-from tidings._context import MessageContext, current_context
+from tidings._context import _UNDECODED, MessageContext, handling_scope
 from tidings.exceptions import EndpointNotFound, MessageExpired
 from tidings.middleware.base import Outgoing
 
@@ -96,13 +95,14 @@ class FailurePolicy:
         return False
 
 
-class _Job:
-    __slots__ = ("channel", "deliveries", "relay")
+#: One delivery to handle, or a list of routing-slip deliveries to relay together; a plain tuple,
+#: because one is made per message.
+_Job = tuple["Channel", "Delivery | list[Delivery]"]
 
-    def __init__(self, channel: Channel, deliveries: list[Delivery], *, relay: bool) -> None:
-        self.channel = channel
-        self.deliveries = deliveries
-        self.relay = relay
+
+def _deliveries(job: _Job) -> list[Delivery]:
+    work = job[1]
+    return work if isinstance(work, list) else [work]
 
 
 class _Acker:
@@ -219,7 +219,8 @@ class Consumer:
         self._slot_freed = asyncio.Event()
         self._queue: collections.deque[_Job] = collections.deque()
         self._idle: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._running: set[_Job] = set()
+        #: The job each worker is running, None while it waits.
+        self._running: list[_Job | None] = [None] * concurrency
         self._waking = False
         self._workers: list[asyncio.Task[None]] = []
         queued = self._queue.__len__
@@ -242,7 +243,7 @@ class Consumer:
         timer = None
         if self.time_limit is not None:
             timer = loop.call_later(self.time_limit, self.stop, "time limit")
-        self._workers = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
+        self._workers = [asyncio.ensure_future(self._worker(number)) for number in range(self.concurrency)]
         receivers = [
             asyncio.ensure_future(self._receive_loop(channel, primary=number == 0))
             for channel in self.channels
@@ -347,18 +348,17 @@ class Consumer:
             await channel.nack(receiving.result())
 
     def _dispatch(self, channel: Channel, deliveries: list[Delivery]) -> None:
+        queue = self._queue
+        queued = len(queue)
         relays = []
         for delivery in deliveries:
             if _ROUTING_SLIP in delivery.envelope.headers:
                 relays.append(delivery)
             else:
-                self._submit(_Job(channel, [delivery], relay=False))
+                queue.append((channel, delivery))
         if relays:
-            self._submit(_Job(channel, relays, relay=True))
-
-    def _submit(self, job: _Job) -> None:
-        self._active += 1
-        self._queue.append(job)
+            queue.append((channel, relays))
+        self._active += len(queue) - queued
         if not self._waking:
             self._wake_one()
 
@@ -373,11 +373,12 @@ class Consumer:
                 self._waking = True
                 return
 
-    async def _worker(self) -> None:
+    async def _worker(self, number: int) -> None:
         """One of `concurrency` long-lived workers; cheaper than a task per message."""
         loop = asyncio.get_running_loop()
         queue = self._queue
         stopping = self._stopping
+        running = self._running
         ran = 0
         while True:
             if ran == _YIELD_EVERY:
@@ -395,14 +396,15 @@ class Consumer:
             ran += 1
             if queue and not self._waking:
                 self._wake_one()
-            self._running.add(job)
+            running[number] = job
+            channel, work = job
             try:
-                if job.relay:
-                    await self._relay(job.channel, job.deliveries)
+                if isinstance(work, list):
+                    await self._relay(channel, work)
                 else:
-                    await self._process(job.channel, job.deliveries[0])
+                    await self._process(channel, work)
             finally:
-                self._running.discard(job)
+                running[number] = None
                 self._active -= 1
                 if self._active + self._reserved <= self._receive_below:
                     self._slot_freed.set()
@@ -428,18 +430,16 @@ class Consumer:
                     f"(renamed or removed handler?)",
                     envelope=delivery.envelope,
                 )
-            context = MessageContext.for_delivery(
-                app, endpoint, delivery, channel.name, raise_errors=self.raise_errors
+            context = MessageContext(
+                app, endpoint, headers, _UNDECODED, delivery, channel.name, self.raise_errors
             )
             pending: list[Outgoing] = []
-            sends_token = pending_sends.set(pending)
-            context_token = current_context.set(context)
+            token = handling_scope.set((context, pending))
             try:
                 assert endpoint.pipeline is not None
                 await endpoint.pipeline(context)
             finally:
-                current_context.reset(context_token)
-                pending_sends.reset(sends_token)
+                handling_scope.reset(token)
             if pending:
                 await app.dispatcher.flush(pending)
             outcome = context._scope.get(OUTCOME) if context._scope else None
@@ -561,8 +561,8 @@ class Consumer:
         interval = channel.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            held = [*self._running, *self._queue]
-            leased = [d for job in held if job.channel is channel for d in job.deliveries]
+            held = [*filter(None, self._running), *self._queue]
+            leased = [d for job in held if job[0] is channel for d in _deliveries(job)]
             if leased:
                 try:
                     await channel.extend_lease(leased, channel.lease_seconds)
@@ -574,16 +574,17 @@ class Consumer:
         while self._queue:
             job = self._queue.popleft()
             self._active -= 1
-            self.stats.returned += len(job.deliveries)
-            await job.channel.nack(job.deliveries)
+            deliveries = _deliveries(job)
+            self.stats.returned += len(deliveries)
+            await job[0].nack(deliveries)
         self._receive_below = self._capacity  # from now on, every finished job is news
         started = time.monotonic()
         deadline = started + self.drain_timeout
-        while self._running and time.monotonic() < deadline:
+        while any(self._running) and time.monotonic() < deadline:
             self._slot_freed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._slot_freed.wait(), deadline - time.monotonic())
-        unfinished = len(self._running)
+        unfinished = sum(job is not None for job in self._running)
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     from tidings._message import Envelope
     from tidings._registry import Endpoint
     from tidings.channels.base import Delivery
+    from tidings.middleware.base import Outgoing
 
-__all__ = ["MessageContext", "current_context"]
+__all__ = ["MessageContext", "Scope", "handling_scope"]
 
 _UNDECODED: Any = object()
 
@@ -28,34 +29,45 @@ class MessageContext:
     first argument. `scope` holds per-handling resources (a database session, a dedup key, ...).
     """
 
-    # Optional fields are class-level defaults, so that the inline path only sets four attributes.
-    envelope: Envelope | None = None
-    delivery: Delivery | None = None
-    channel: str | None = None
-    #: Set by test consumers: failures propagate instead of being retried or dead-lettered.
-    raise_errors: bool = False
-    _scope: dict[str, Any] | None = None
+    __slots__ = (
+        "_message",
+        "_scope",
+        "app",
+        "channel",
+        "delivery",
+        "endpoint",
+        "envelope",
+        "headers",
+        "raise_errors",
+    )
 
     def __init__(
-        self, app: App, endpoint: Endpoint, headers: dict[str, str], message: Any = _UNDECODED
+        self,
+        app: App,
+        endpoint: Endpoint,
+        headers: dict[str, str],
+        message: Any = _UNDECODED,
+        delivery: Delivery | None = None,
+        channel: str | None = None,
+        raise_errors: bool = False,
     ) -> None:
         self.app = app
         self.endpoint = endpoint
         self.headers = headers
         self._message = message
+        self.delivery = delivery
+        self.envelope: Envelope | None = None if delivery is None else delivery.envelope
+        self.channel = channel
+        #: Set by test consumers: failures propagate instead of being retried or dead-lettered.
+        self.raise_errors = raise_errors
+        self._scope: dict[str, Any] | None = None
 
     @classmethod
     def for_delivery(
         cls, app: App, endpoint: Endpoint, delivery: Delivery, channel: str, *, raise_errors: bool
     ) -> MessageContext:
         """The context of a message received from a channel, decoded when first asked for."""
-        context = cls(app, endpoint, delivery.envelope.headers)
-        context.envelope = delivery.envelope
-        context.delivery = delivery
-        context.channel = channel
-        if raise_errors:
-            context.raise_errors = True
-        return context
+        return cls(app, endpoint, delivery.envelope.headers, _UNDECODED, delivery, channel, raise_errors)
 
     def __repr__(self) -> str:
         return f"MessageContext(endpoint={self.endpoint.id!r}, message_id={self.message_id!r})"
@@ -103,5 +115,9 @@ class MessageContext:
         return self.delivery is not None
 
 
-#: The handling in progress in this task or thread, if any.
-current_context: ContextVar[MessageContext | None] = ContextVar("tidings_context", default=None)
+Scope = tuple[MessageContext | None, "list[Outgoing] | None"]
+
+#: What is in progress in this task or thread: the handling, if any, and the messages waiting for it
+#: (or for the bus call or transaction around it) to succeed before they are sent. One variable for
+#: both, because setting a context variable is a large part of what a handling costs.
+handling_scope: ContextVar[Scope] = ContextVar("tidings_scope", default=(None, None))

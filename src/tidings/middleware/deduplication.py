@@ -159,15 +159,10 @@ class DeduplicationMiddleware(Middleware):
         key = (context.headers.get(_MESSAGE_ID) or None) if rule is None else self._key(rule, context)
         if key is None:
             return await call_next(context)
-        # Copies of one key handled at once in this process take turns, so the second sees the
-        # first one's record. Across processes, a transaction's record lock does the same.
         slot = (tracking, key)
         in_flight = self._in_flight
-        while slot in in_flight:
-            waiter = in_flight[slot]
-            if waiter is None:
-                waiter = in_flight[slot] = asyncio.get_running_loop().create_future()
-            await waiter
+        if slot in in_flight:
+            await self._take_turn(slot)
         in_flight[slot] = None
         try:
             store = self.store()
@@ -176,10 +171,11 @@ class DeduplicationMiddleware(Middleware):
                 self._purge_soon(store, now)
             if type(store) is InMemoryDeduplicationStore:
                 # The default without a database: plain dict work, no round trips to await.
-                if slot in store._handled:
+                handled = store._handled
+                if slot in handled:
                     return self._skip(context, tracking, key)
                 result = await call_next(context)
-                store._handled[slot] = now
+                handled[slot] = now
                 return result
             if await store.contains(tracking, key):
                 return self._skip(context, tracking, key)
@@ -194,6 +190,19 @@ class DeduplicationMiddleware(Middleware):
             waiter = in_flight.pop(slot)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+    async def _take_turn(self, slot: tuple[str, str]) -> None:
+        """Wait until no other copy of this key is being handled in this process.
+
+        Copies of one key handled at once in this process take turns, so the second sees the first
+        one's record. Across processes, a transaction's record lock does the same.
+        """
+        in_flight = self._in_flight
+        while slot in in_flight:
+            waiter = in_flight[slot]
+            if waiter is None:
+                waiter = in_flight[slot] = asyncio.get_running_loop().create_future()
+            await waiter
 
     @staticmethod
     def _skip(context: MessageContext, tracking: str, key: str) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from tidings._app import Extension
-from tidings._buses import pending_sends
+from tidings._context import handling_scope
 from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware
 from tidings.sql._database import Database
@@ -139,9 +139,9 @@ class SqlExtension(Extension):
         and sent once it committed (by the enclosing bus call or consumer, or here at the outermost).
         """
         database = self.database
-        outer = pending_sends.get()
+        parent, outer = handling_scope.get()
         pending: list[Outgoing] = [] if outer is None else outer
-        token = pending_sends.set(pending) if outer is None else None
+        token = handling_scope.set((parent, pending)) if outer is None else None
         try:
             async with database.transaction():
                 scope = current_scope(database)
@@ -152,6 +152,6 @@ class SqlExtension(Extension):
                 yield scope.session()
         finally:
             if token is not None:
-                pending_sends.reset(token)
+                handling_scope.reset(token)
         if token is not None and pending:
             await self.app.dispatcher.flush(pending)
