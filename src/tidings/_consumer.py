@@ -18,7 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from tidings import headers as h
 from tidings._context import _UNDECODED, MessageContext, handling_scope
@@ -226,6 +226,9 @@ class Consumer:
         queued = self._queue.__len__
         self._ackers = {channel.name: _Acker(channel, batch_size, queued) for channel in self.channels}
         self._empty = dict.fromkeys(self._ackers, False)
+        #: Set while a channel's primary receiver brings full batches: its other receivers then
+        #: receive too. On a quiet channel they wait, so that a wake-up costs one receive, not several.
+        self._busy = {channel.name: asyncio.Event() for channel in self.channels}
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop receiving and drain; safe to call from a signal handler."""
@@ -323,9 +326,13 @@ class Consumer:
                 failures = 0
                 deliveries = receiving.result()
                 receiving = None
+                if primary and len(deliveries) >= reserved:
+                    self._busy[channel.name].set()
                 if deliveries:
                     self._empty[channel.name] = False
                     self._dispatch(channel, deliveries)
+                elif not primary and not self.stop_when_empty:
+                    await self._until_busy(channel, stopping)
                 elif self.stop_when_empty:
                     if not primary:
                         break  # the primary receiver alone decides that the channel is empty
@@ -338,6 +345,16 @@ class Consumer:
             stopping.cancel()
             if receiving is not None:
                 await self._abandon(channel, receiving)
+
+    async def _until_busy(self, channel: Channel, stopping: asyncio.Future[Any]) -> None:
+        """Wait until the channel's primary receiver brings a full batch again (or the stop)."""
+        busy = self._busy[channel.name]
+        busy.clear()
+        waiting = asyncio.ensure_future(busy.wait())
+        try:
+            await asyncio.wait({stopping, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
 
     @staticmethod
     async def _abandon(channel: Channel, receiving: asyncio.Future[list[Delivery]]) -> None:
