@@ -240,3 +240,26 @@ async def test_a_message_falling_due_between_a_claim_and_the_wait_is_not_overloo
     assert [d.envelope.message_id for d in received] == ["m-1"]
     assert time.monotonic() - started < 0.5  # not after a whole poll pause
     await channel.ack(received)
+
+
+async def test_a_receive_cancelled_at_any_point_of_its_claim_leaves_every_message_receivable_at_once(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel()
+    await channel.send([envelope(n) for n in range(3)])
+    for steps in range(15):
+        receiving = asyncio.ensure_future(channel.receive(10, 0.5))
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        receiving.cancel()
+        try:
+            finished_first = await receiving
+        except asyncio.CancelledError:
+            pass
+        else:
+            await channel.nack(finished_first)
+
+        # Neither leased to nobody until the lease runs out nor holding a lock that blocks the rest.
+        deliveries = await asyncio.wait_for(channel.receive(10, 0.0), 5)
+        assert sorted(d.envelope.body for d in deliveries) == [b"0", b"1", b"2"], f"cancelled after {steps}"
+        await channel.nack(deliveries)
