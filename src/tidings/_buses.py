@@ -161,18 +161,7 @@ class Dispatcher:
             body = self._encode(message, message_headers)
             await self.enqueue(endpoint, body, message_headers, message, options)
             return None
-        parent, outer = handling_scope.get()
-        if outer is not None:
-            return await self.invoke(endpoint, message, message_headers)
-        pending: list[Outgoing] = []
-        token = handling_scope.set((parent, pending))
-        try:
-            result = await self.invoke(endpoint, message, message_headers)
-        finally:
-            handling_scope.reset(token)
-        if pending:
-            await self.flush(pending)
-        return result
+        return await self._collecting(self.invoke, endpoint, message, message_headers)
 
     async def event(
         self,

@@ -62,13 +62,6 @@ class MessageContext:
         self.raise_errors = raise_errors
         self._scope: dict[str, Any] | None = None
 
-    @classmethod
-    def for_delivery(
-        cls, app: App, endpoint: Endpoint, delivery: Delivery, channel: str, *, raise_errors: bool
-    ) -> MessageContext:
-        """The context of a message received from a channel, decoded when first asked for."""
-        return cls(app, endpoint, delivery.envelope.headers, _UNDECODED, delivery, channel, raise_errors)
-
     def __repr__(self) -> str:
         return f"MessageContext(endpoint={self.endpoint.id!r}, message_id={self.message_id!r})"
 

@@ -8,16 +8,20 @@ crashed or hung), the message is delivered again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from tidings._clock import Clock
     from tidings._message import Envelope
 
-__all__ = ["Capabilities", "Channel", "ChannelEnvironment", "Delivery"]
+__all__ = ["Capabilities", "Channel", "ChannelEnvironment", "Delivery", "finish_even_if_cancelled"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +135,19 @@ class Channel(ABC):
     @abstractmethod
     async def depth(self) -> int:
         """How many messages wait in the channel, due or delayed, leased ones included."""
+
+
+async def finish_even_if_cancelled(operation: Awaitable[T], give_back: Callable[[T], Awaitable[object]]) -> T:
+    """Await a claim that must not be cut off midway.
+
+    A consumer that stops cancels its receive; a claim cut off mid-statement could leave its rows
+    leased to nobody until the lease ran out (or, on SQLite, keep the database's one write lock). So
+    the claim finishes, `give_back` returns what it took, and only then does the cancellation go on.
+    """
+    running = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await give_back(await running)
+        raise

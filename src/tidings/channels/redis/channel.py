@@ -26,7 +26,6 @@ messages leased until the lease runs out. Needs Redis 6.2 or later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -36,7 +35,13 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 from tidings import headers as h
 from tidings._clock import Clock, SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
+from tidings.channels.base import (
+    Capabilities,
+    Channel,
+    ChannelEnvironment,
+    Delivery,
+    finish_even_if_cancelled,
+)
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
 from ._codec import decode_batch, encode_element, frame
@@ -228,17 +233,11 @@ class RedisChannel(Channel):
                 return []  # closed while waiting
 
     async def _claim(self, args: list[Any]) -> Any:
-        # A receive cancelled while its claim is on the wire would leave the claimed messages
-        # leased to nobody until the lease ran out: let the claim finish and give them back.
-        claim = asyncio.ensure_future(self._run("CLAIM", args))
-        try:
-            return await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                reply = await claim
-                if not isinstance(reply, list):
-                    await self.nack(decode_batch(reply))
-            raise
+        return await finish_even_if_cancelled(self._run("CLAIM", args), self._give_back_claimed)
+
+    async def _give_back_claimed(self, reply: Any) -> None:
+        if not isinstance(reply, list):  # a list is the "nothing claimed" reply
+            await self.nack(decode_batch(reply))
 
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._connected()

@@ -14,7 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings._clock import Clock, SystemClock
 from tidings._message import Envelope
-from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
+from tidings.channels.base import (
+    Capabilities,
+    Channel,
+    ChannelEnvironment,
+    Delivery,
+    finish_even_if_cancelled,
+)
 from tidings.channels.sql._queue import NewRow, Queue, queue_for
 from tidings.channels.sql._wakeup import Signal, Wakeups, wakeups_for
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
@@ -202,18 +208,7 @@ class SqlChannel(Channel):
             await self._wait(queue, signal, seen, remaining, claimed_at)
 
     async def _claim(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
-        # A claim cancelled mid-statement (a consumer stopping) could leave its transaction open,
-        # and on SQLite the database's one write lock with it, or its rows leased to nobody until
-        # the lease ran out: let it finish, and give back what it took.
-        claiming = asyncio.ensure_future(self._claim_rows(queue, max_messages, now))
-        try:
-            return await asyncio.shield(claiming)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                taken = await claiming
-                if taken:
-                    await self.nack(taken)
-            raise
+        return await finish_even_if_cancelled(self._claim_rows(queue, max_messages, now), self.nack)
 
     async def _claim_rows(self, queue: Queue, max_messages: int, now: float) -> list[Delivery]:
         token = random.getrandbits(63)
