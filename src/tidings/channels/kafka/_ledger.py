@@ -41,11 +41,12 @@ class PartitionLedger:
         self.committed = position
         self.live = True
 
-    def add(self, offset: int) -> None:
-        """Record a fetched offset; offsets arrive in increasing order."""
-        self._order.append(offset)
-        self._open.add(offset)
-        self._next = offset + 1
+    def add(self, offsets: list[int]) -> None:
+        """Record fetched offsets; they arrive in increasing order."""
+        if offsets:
+            self._order.extend(offsets)
+            self._open.update(offsets)
+            self._next = offsets[-1] + 1
 
     def settle(self, offset: int) -> bool:
         """Mark an offset done; False if it was not open (already settled, or never fetched)."""

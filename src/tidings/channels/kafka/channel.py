@@ -58,9 +58,10 @@ import contextlib
 import heapq
 import itertools
 import logging
+import operator
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, final
+from typing import Any, Final, cast, final
 
 from tidings import headers as h
 from tidings._clock import Clock, SystemClock
@@ -88,26 +89,38 @@ _BUSY_POLL: Final = 0.1
 _Record = tuple[str, bytes | None, bytes, Headers]
 
 
-class _Receipt:
-    """One fetched record of the channel's topic: waiting to be handed out, then leased."""
+class _Receipt(Delivery):
+    """One fetched record of the channel's topic: waiting to be handed out, then leased.
 
-    __slots__ = ("deadline", "deliveries", "envelope", "extended", "ledger", "offset", "sent_at", "settled")
+    It is handed out as its own delivery (`receipt` stays None), so that hand-out allocates nothing.
+    """
 
-    def __init__(self, envelope: Envelope, ledger: PartitionLedger, offset: int, deliveries: int) -> None:
+    __slots__ = ("deadline", "extended", "ledger", "offset", "sent_at", "settled")
+
+    def __init__(
+        self, envelope: Envelope, ledger: PartitionLedger, offset: int, deliveries: int, sent_at: float
+    ) -> None:
         self.envelope = envelope
+        self.receipt = None
+        #: How often it was handed out, this time included.
+        self.delivery_count = deliveries
         self.ledger = ledger
         self.offset = offset
-        #: How often it was handed out, this time included.
-        self.deliveries = deliveries
         self.deadline = 0.0
         self.extended = False
         self.settled = False
-        #: When the message was sent (its `tidings.timestamp`, else the record's timestamp).
-        self.sent_at = 0.0
+        #: When the message was sent (its `tidings.timestamp`, else the record's timestamp), raised
+        #: where needed to the latest before it in its partition, so that ordering by it keeps each
+        #: partition's own order.
+        self.sent_at = sent_at
 
 
-def _sent_at(receipt: _Receipt) -> float:
-    return receipt.sent_at
+_sent_at = operator.attrgetter("sent_at")
+
+
+def _receipts(deliveries: Sequence[Delivery]) -> Sequence[_Receipt]:
+    """The channel's deliveries are its receipts (see `_Receipt`)."""
+    return cast("Sequence[_Receipt]", deliveries)
 
 
 @final
@@ -406,7 +419,7 @@ class KafkaChannel(Channel):
                 continue
             receipt.deadline = until
             leases.append(receipt)
-            deliveries.append(Delivery(receipt.envelope, receipt, receipt.deliveries))
+            deliveries.append(receipt)
         if len(ready) < self.buffer_size:
             self._wanted.set()
         return deliveries
@@ -501,6 +514,7 @@ class KafkaChannel(Channel):
             ledger = ledgers.get(partition)
             if ledger is None:
                 ledger = ledgers[partition] = PartitionLedger(partition, records[0].offset)
+            ledger.add([record.offset for record in records])
             if partition.topic == main:
                 fetched.append(self._take_due(ledger, records, now))
             elif self._take_delayed(ledger, records, now) and partition.topic != self._tiers.shortest_topic:
@@ -508,8 +522,9 @@ class KafkaChannel(Channel):
                 consumer.pause(partition)
                 self._paused_delays.add(partition)
         if len(fetched) > 1:
-            # Partitions interleaved by send time, so that across keys, too, older messages come first.
-            ready.extend(heapq.merge(*fetched, key=_sent_at))
+            # Partitions interleaved by send time, so that across keys, too, older messages come first;
+            # a stable sort keeps each partition's order, as `sent_at` never falls within one.
+            ready.extend(sorted(itertools.chain.from_iterable(fetched), key=_sent_at))
         elif fetched:
             ready.extend(fetched[0])
         if ready:
@@ -518,9 +533,9 @@ class KafkaChannel(Channel):
     def _take_due(self, ledger: PartitionLedger, records: list[Any], now: float) -> list[_Receipt]:
         """Receipts for records of the channel's topic; early ones go to the delay topics instead."""
         receipts: list[_Receipt] = []
+        latest = 0.0
         for record in records:
             offset = record.offset
-            ledger.add(offset)
             headers = decode_headers(record.headers)
             deliveries = _count(headers.pop(DELIVERIES)) + 1 if DELIVERIES in headers else 1
             deliver_at = headers.get(_DELIVER_AT)
@@ -531,9 +546,10 @@ class KafkaChannel(Channel):
                 self._holding.hold(Held(ledger, offset, body, headers, due, deliveries - 1), now)
                 continue
             stamp = headers.get(_TIMESTAMP)
-            receipt = _Receipt(Envelope(body, headers), ledger, offset, deliveries)
-            receipt.sent_at = record.timestamp / 1000 if stamp is None else _seconds(stamp, 0.0)
-            receipts.append(receipt)
+            sent_at = record.timestamp / 1000 if stamp is None else _seconds(stamp, 0.0)
+            if sent_at > latest:
+                latest = sent_at
+            receipts.append(_Receipt(Envelope(body, headers), ledger, offset, deliveries, latest))
         return receipts
 
     def _take_delayed(self, ledger: PartitionLedger, records: list[Any], now: float) -> bool:
@@ -542,7 +558,6 @@ class KafkaChannel(Channel):
         hold = self._holding.hold
         for record in records:
             offset = record.offset
-            ledger.add(offset)
             headers = decode_headers(record.headers)
             due = _seconds(headers.pop(DUE, ""), now)
             hop_until = _seconds(headers.pop(HOP_UNTIL, ""), now)
@@ -599,8 +614,7 @@ class KafkaChannel(Channel):
         The commit is not awaited (acks coalesce into few commits); `close` commits what is left.
         """
         touched: set[PartitionLedger] = set()
-        for delivery in deliveries:
-            receipt: _Receipt = delivery.receipt
+        for receipt in _receipts(deliveries):
             if receipt.settled:
                 continue
             receipt.settled = True
@@ -613,8 +627,7 @@ class KafkaChannel(Channel):
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         """Produce copies to be received again after `delay` seconds; the originals count as settled."""
         receipts = []
-        for delivery in deliveries:
-            receipt: _Receipt = delivery.receipt
+        for receipt in _receipts(deliveries):
             if not receipt.settled:
                 receipt.settled = True
                 receipts.append(receipt)
@@ -628,7 +641,7 @@ class KafkaChannel(Channel):
         for receipt in receipts:
             headers = receipt.envelope.headers
             encoded = encode_headers(headers)
-            encoded.append((DELIVERIES, str(receipt.deliveries).encode()))
+            encoded.append((DELIVERIES, str(receipt.delivery_count).encode()))
             if delay > 0:
                 due = now + delay
                 topic, hop_until = self._tiers.route(due, now)
@@ -706,8 +719,7 @@ class KafkaChannel(Channel):
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
         until = self._clock.now() + seconds
-        for delivery in deliveries:
-            receipt: _Receipt = delivery.receipt
+        for receipt in _receipts(deliveries):
             if not receipt.settled:
                 receipt.deadline = until
                 receipt.extended = True
