@@ -10,11 +10,13 @@ An element is the msgpack array `[count, priority, uid, headers, body]`:
 
 The element is also the delivery's receipt: acking removes exactly that string from the leases.
 Batches of elements travel to scripts *framed*: as one msgpack array of raw strings (str32 headers
-around arbitrary bytes), which Redis's `cmsgpack.unpack` splits in C.
+around arbitrary bytes), which Redis's `cmsgpack.unpack` splits in C. A delivery's receipt is its
+element framed already, so that acks, nacks and extensions only join receipts.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 import msgspec
@@ -22,7 +24,7 @@ import msgspec
 from tidings._message import Envelope
 from tidings.channels.base import Delivery
 
-__all__ = ["decode_batch", "encode_element", "frame"]
+__all__ = ["decode_batch", "encode_element", "frame", "frame_receipts"]
 
 #: fixarray of 5, then the count of earlier deliveries as a fixed-width uint32 zero.
 _FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
@@ -30,6 +32,8 @@ _FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_receipts = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
 _decode_elements = msgspec.msgpack.Decoder(list[tuple[int, str, str, dict[str, str], bytes]]).decode
+#: A msgpack type byte and a 32-bit length: the head of an array32 (0xdd) or of a str32 (0xdb).
+_head = struct.Struct(">BI").pack
 
 
 def encode_element(priority: str, uid: str, envelope: Envelope) -> bytes:
@@ -45,19 +49,24 @@ def decode_batch(batch: bytes) -> list[Delivery]:
     is cheaper than decoding each slice on its own.
     """
     return [
-        Delivery(Envelope(body, headers), bytes(receipt), count + 1)
+        Delivery(Envelope(body, headers), _head(0xDB, len(receipt)) + receipt, count + 1)
         for receipt, (count, _, _, headers, body) in zip(
             _decode_receipts(batch), _decode_elements(batch), strict=True
         )
     ]
 
 
+def frame_receipts(deliveries: Sequence[Delivery]) -> bytes:
+    """The deliveries' elements as one framed argument (see `frame`)."""
+    return _head(0xDD, len(deliveries)) + b"".join([delivery.receipt for delivery in deliveries])
+
+
 def frame(values: Sequence[bytes | str]) -> bytes:
     """One argument holding many: a msgpack array32 of str32 values (bytes need not be UTF-8)."""
-    parts = [b"\xdd" + len(values).to_bytes(4, "big")]
+    parts = [_head(0xDD, len(values))]
     append = parts.append
     for value in values:
         data = value.encode() if isinstance(value, str) else value
-        append(b"\xdb" + len(data).to_bytes(4, "big"))
+        append(_head(0xDB, len(data)))
         append(data)
     return b"".join(parts)

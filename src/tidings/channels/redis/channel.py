@@ -44,7 +44,7 @@ from tidings.channels.base import (
 )
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
-from ._codec import decode_batch, encode_element, frame
+from ._codec import decode_batch, encode_element, frame, frame_receipts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -242,20 +242,20 @@ class RedisChannel(Channel):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._connected()
         if deliveries:
-            await self._run("ACK", [frame([delivery.receipt for delivery in deliveries])])
+            await self._run("ACK", [frame_receipts(deliveries)])
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         self._connected()
         if deliveries:
             due = repr(self._clock.now() + delay) if delay > 0 else ""
-            receipts = frame([delivery.receipt for delivery in deliveries])
+            receipts = frame_receipts(deliveries)
             await self._run("NACK", [self._lane_prefix, self._wakeup_topic, due, receipts])
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
         self._connected()
         if deliveries:
             until = repr(self._clock.now() + seconds)
-            await self._run("EXTEND", [until, frame([delivery.receipt for delivery in deliveries])])
+            await self._run("EXTEND", [until, frame_receipts(deliveries)])
 
     async def purge(self) -> None:
         self._connected()
