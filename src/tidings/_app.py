@@ -183,7 +183,6 @@ class App:
             TimeoutMiddleware(),
             DeduplicationMiddleware(
                 self,
-                lambda: self.deduplication_store,
                 retention=deduplication_retention,
                 by_default=deduplicate,
                 in_transaction=self._in_transaction,

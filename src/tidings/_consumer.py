@@ -47,7 +47,7 @@ _RECEIVE_RETRY_MAX: Final = 30.0
 _EMPTY_CHECK_TIMEOUT: Final = 0.05
 _MAX_FALLBACK_DELAY: Final = 60.0
 #: A worker lets the event loop run other tasks at least once per this many jobs.
-_YIELD_EVERY: Final = 8
+_YIELD_EVERY: Final = 32
 #: How long acks may wait to go out together while the consumer is busy.
 _ACK_LINGER: Final = 0.02
 
@@ -129,7 +129,7 @@ class _Acker:
             return  # the flush in flight takes this one next
         if len(buffer) >= self.batch_size or not self._queued():
             self._start_flush()
-        else:
+        elif self._linger is None:
             self._flush_later()
 
     def _flush_later(self) -> None:
@@ -206,6 +206,8 @@ class Consumer:
         self.stats = ConsumerStats()
         self.failure_policy = app.failure_policy
         self._stopping = asyncio.Event()
+        #: `_stopping.is_set()`, as a plain attribute for the workers' loop.
+        self._stopped = False
         self._active = 0
         receivers = sum(channel.concurrent_receives for channel in self.channels)
         # Room for every receiver's batch (a receive waiting on a quiet channel holds its slots),
@@ -235,6 +237,7 @@ class Consumer:
         if not self._stopping.is_set():
             self.stats.stopped_because = reason
             logger.info("consumer stopping (%s), draining in-flight handlers", reason)
+            self._stopped = True
             self._stopping.set()
             self._slot_freed.set()  # receivers waiting for room see the stop
 
@@ -394,7 +397,6 @@ class Consumer:
         """One of `concurrency` long-lived workers; cheaper than a task per message."""
         loop = asyncio.get_running_loop()
         queue = self._queue
-        stopping = self._stopping
         running = self._running
         ran = 0
         while True:
@@ -404,7 +406,7 @@ class Consumer:
                 ran = 0
                 await asyncio.sleep(0)
             # Once stopping, nothing new starts: what waits in the queue goes back to its channel.
-            while not queue or stopping.is_set():
+            while not queue or self._stopped:
                 waiter = loop.create_future()
                 self._idle.append(waiter)
                 await waiter

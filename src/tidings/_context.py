@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 from tidings import headers as h
 from tidings._serialization import describe_decode_error
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["MessageContext", "Scope", "handling_scope"]
 
 _UNDECODED: Any = object()
+_MESSAGE_NAME: Final = h.MESSAGE_NAME
 
 
 @final
@@ -75,17 +76,19 @@ class MessageContext:
     @property
     def message(self) -> Any:
         """The payload, decoded into the endpoint's declared type on first access."""
-        if self._message is _UNDECODED:
-            assert self.envelope is not None
-            try:
-                self._message = self.endpoint.decode(self.envelope.body, self.headers.get(h.MESSAGE_NAME))
-            except Exception as error:
-                raise SerializationError(
-                    f"endpoint '{self.endpoint.id}' could not decode message "
-                    f"{self.message_id or '(no id)'} into {self.endpoint.message_type_name}: "
-                    f"{describe_decode_error(error)}",
-                    envelope=self.envelope,
-                ) from error
+        message = self._message
+        if message is not _UNDECODED:
+            return message
+        assert self.envelope is not None
+        try:
+            self._message = self.endpoint.decode(self.envelope.body, self.headers.get(_MESSAGE_NAME))
+        except Exception as error:
+            raise SerializationError(
+                f"endpoint '{self.endpoint.id}' could not decode message "
+                f"{self.message_id or '(no id)'} into {self.endpoint.message_type_name}: "
+                f"{describe_decode_error(error)}",
+                envelope=self.envelope,
+            ) from error
         return self._message
 
     @property

@@ -121,21 +121,19 @@ class DeduplicationMiddleware(Middleware):
     def __init__(
         self,
         app: App,
-        store: Callable[[], DeduplicationStore],
         *,
         retention: timedelta,
         by_default: bool,
         in_transaction: Callable[[], bool],
     ) -> None:
         self.app = app
-        self.store = store
         self.retention = retention.total_seconds()
         self.by_default = by_default
         self.in_transaction = in_transaction
         self._next_purge = 0.0
         self._purging: asyncio.Task[None] | None = None
         self._in_flight: dict[tuple[str, str], asyncio.Future[None] | None] = {}
-        self._rules: dict[str, tuple[_Deduplication | None, str]] = {}
+        self._rules: dict[Endpoint, tuple[_Deduplication | None, str]] = {}
 
     def applies_to(self, endpoint: Endpoint) -> bool:
         return _OPTION in endpoint.options or (self.by_default and endpoint.is_asynchronous)
@@ -143,7 +141,7 @@ class DeduplicationMiddleware(Middleware):
     def _learn_rule(self, endpoint: Endpoint) -> tuple[_Deduplication | None, str]:
         """The endpoint's rule and tracking name, kept for its next messages."""
         rule: _Deduplication | None = endpoint.options.get(_OPTION)
-        known = self._rules[endpoint.id] = (rule, (rule.tracking_name if rule else None) or endpoint.id)
+        known = self._rules[endpoint] = (rule, (rule.tracking_name if rule else None) or endpoint.id)
         return known
 
     @staticmethod
@@ -155,7 +153,8 @@ class DeduplicationMiddleware(Middleware):
         return context.message_id or None
 
     async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        rule, tracking = self._rules.get(context.endpoint.id) or self._learn_rule(context.endpoint)
+        endpoint = context.endpoint
+        rule, tracking = self._rules.get(endpoint) or self._learn_rule(endpoint)
         key = (context.headers.get(_MESSAGE_ID) or None) if rule is None else self._key(rule, context)
         if key is None:
             return await call_next(context)
@@ -165,8 +164,9 @@ class DeduplicationMiddleware(Middleware):
             await self._take_turn(slot)
         in_flight[slot] = None
         try:
-            store = self.store()
-            now = self.app.clock.now()
+            app = self.app
+            store = app.deduplication_store
+            now = app.clock.now()
             if now >= self._next_purge:
                 self._purge_soon(store, now)
             if type(store) is InMemoryDeduplicationStore:
