@@ -217,6 +217,30 @@ async def test_a_message_that_reaches_the_queue_before_it_is_due_is_held_back_ag
 
 
 @rabbitmq
+async def test_headers_travel_as_one_readable_amqp_header_and_other_producers_headers_are_taken_as_they_are(
+    open_channel: OpenChannel, rabbitmq_url: str
+) -> None:
+    channel = await open_channel()
+    await channel.send([envelope(1, tenant="acme")])
+    async with aiormq.connect(rabbitmq_url) as connection:
+        raw = await connection.channel()
+        got = await raw.basic_get(channel.name, no_ack=True)
+        assert got.header.properties.headers == {"tidings.headers": '{"tidings.id":"m-1","tenant":"acme"}'}
+        for table in ({h.MESSAGE_ID: "m-2"}, {"tidings.headers": "not json", h.MESSAGE_ID: "m-3"}):
+            await raw.basic_publish(
+                b'{"n": 2}', routing_key=channel.name, properties=Basic.Properties(headers=table)
+            )
+
+    received = await drain(channel, 2, timeout=3.0)
+
+    assert [d.envelope.headers for d in received] == [
+        {h.MESSAGE_ID: "m-2"},
+        {"tidings.headers": "not json", h.MESSAGE_ID: "m-3"},
+    ]
+    await channel.ack(received)
+
+
+@rabbitmq
 async def test_a_delayed_message_keeps_its_priority_and_headers(open_channel: OpenChannel) -> None:
     channel = await open_channel()
     due = repr(time.time() + 0.3)
