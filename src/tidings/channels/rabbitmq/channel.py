@@ -81,10 +81,8 @@ _BROKER_HEADERS = frozenset(
         "x-last-death-reason",
     }
 )
-#: An envelope's headers travel as one AMQP header holding them as a JSON object: pamqp encodes and
-#: decodes a field table in Python, about 1 µs an entry each way, and this is one entry for them all;
-#: RabbitMQ's management UI still shows them readably. A message from another producer, without
-#: it, has its AMQP headers taken as they are.
+#: The one AMQP header holding an envelope's headers (see "Headers" above): pamqp encodes and decodes
+#: field tables in Python, about 1 µs an entry each way.
 _ENVELOPE_HEADERS = "tidings.headers"
 _encode_headers = msgspec.json.Encoder().encode
 _decode_headers = msgspec.json.Decoder(dict[str, str]).decode
@@ -475,7 +473,6 @@ class RabbitMQChannel(Channel):
 
     def _consumer(self, link: Link) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         lanes, top, ledger, arrived = self._lanes, self.max_priority, link.ledger, self._arrived
-        broker_headers = _BROKER_HEADERS
 
         async def on_message(message: DeliveredMessage) -> None:
             if not link.alive:
@@ -485,14 +482,7 @@ class RabbitMQChannel(Channel):
             ledger.add(tag)
             properties = message.header.properties
             table = properties.headers
-            if table is None:
-                headers: dict[str, str] = {}
-            elif _ENVELOPE_HEADERS in table:
-                headers = _envelope_headers(table)
-            elif "x-death" in table:
-                headers = cast("dict[str, str]", {k: v for k, v in table.items() if k not in broker_headers})
-            else:
-                headers = cast("dict[str, str]", table)
+            headers = {} if table is None else _envelope_headers(table)
             envelope = Envelope(message.body, headers)
             receipt = Receipt(link, tag)
             if h.DELIVER_AT in headers and self._early(envelope):
@@ -707,8 +697,13 @@ def _safe_url(url: str) -> str:
 
 
 def _envelope_headers(table: FieldTable) -> dict[str, str]:
-    try:
-        return _decode_headers(cast(str, table[_ENVELOPE_HEADERS]))
-    except (msgspec.DecodeError, TypeError):
-        # Not ours after all (another producer used the name): the table as it is, then.
+    """A received message's headers: ours unpacked, else its AMQP headers less the broker's own."""
+    packed = table.get(_ENVELOPE_HEADERS)
+    if packed is not None:
+        try:
+            return _decode_headers(cast(str, packed))
+        except (msgspec.DecodeError, TypeError):
+            pass  # not ours after all (another producer used the name): the table as it is, then
+    if "x-death" in table:  # the broker's dead-letter headers come with it
         return cast("dict[str, str]", {k: v for k, v in table.items() if k not in _BROKER_HEADERS})
+    return cast("dict[str, str]", table)
