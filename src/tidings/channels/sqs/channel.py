@@ -26,10 +26,11 @@ How messages move (see `_codec` for how an envelope is laid out as an SQS messag
 - `delivery_count` is SQS's `ApproximateReceiveCount`.
 - A receive that times out, or is cancelled, while its long poll is on the wire leaves the poll
   running: what it brings is kept (leased) for the next receive, and `close` gives it back.
-- A server that cannot be reached is retried with backoff for `reconnect_timeout` seconds (after
-  botocore's own quick retries) before an operation raises `ChannelUnavailable`; `connect` does not
-  wait that long. Retrying a send whose reply was lost may store a message twice, which
-  deduplication absorbs (FIFO queues drop the copy themselves).
+- A server that cannot be reached is asked again with backoff for `reconnect_timeout` seconds
+  (after botocore's own quick retries) before an operation raises `ChannelUnavailable`; the
+  operation itself is retried once the server answers. `connect` does not wait that long.
+  Retrying a send whose reply was lost may store a message twice, which deduplication absorbs
+  (FIFO queues drop the copy themselves).
 
 Not natively possible, and how the channel says so:
 
@@ -288,27 +289,44 @@ class SqsChannel(Channel):
         A queue that vanished (a test server restarted) is created again, once per call.
         """
         client = self._connected()
-        loop = asyncio.get_running_loop()
         deadline: float | None = None
-        backoff = _FIRST_BACKOFF
         recreated = False
         while True:
             try:
                 return await getattr(client, operation)(QueueUrl=self._queue_url, **parameters)
             except self._driver.UNREACHABLE_ERRORS as error:
-                # botocore has retried already; keep trying a while, as the server may be restarting.
-                deadline = deadline or loop.time() + self.reconnect_timeout
-                if self._closing or loop.time() + backoff > deadline:
-                    raise self._unavailable(error) from error
-                logger.warning("SQS for %r cannot be reached (%s); retrying", self, error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                deadline = deadline or asyncio.get_running_loop().time() + self.reconnect_timeout
+                await self._wait_until_reachable(client, error, deadline)
             except self._driver.ClientError as error:
                 if recreated or not self.create_queue or self._driver.error_code(error) not in _MISSING_QUEUE:
                     raise
                 logger.warning("SQS queue %s is gone; creating it again", self.queue_name)
                 self._queue_url = await self._declare(client)
                 recreated = True
+
+    async def _wait_until_reachable(self, client: Any, error: BaseException, deadline: float) -> None:
+        """Return once SQS answers again; raise `ChannelUnavailable` if it has not by `deadline`.
+
+        botocore has retried already. The server may be restarting, so it is asked again with
+        backoff, by a read that can be cut off at the deadline without losing anything: cutting
+        off the operation itself could leave a long poll's messages leased to nobody.
+        """
+        loop = asyncio.get_running_loop()
+        backoff = _FIRST_BACKOFF
+        while not self._closing and loop.time() + backoff < deadline:
+            logger.warning("SQS for %r cannot be reached (%s); retrying", self, error)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await client.get_queue_attributes(QueueUrl=self._queue_url, AttributeNames=["QueueArn"])
+            except self._driver.ClientError:
+                return  # it answered, if only to say the queue is gone
+            except self._driver.UNREACHABLE_ERRORS as still_down:
+                error = still_down
+            else:
+                return
+        raise self._unavailable(error) from error
 
     # -- sending ----------------------------------------------------------------------------------
 
