@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -36,7 +36,8 @@ class Wakeups:
         self._client = client
         self._topic = topic
         self._clock = clock
-        self._changed = asyncio.Event()
+        #: Receivers waiting for the next wake-up; plain futures, so that a wake-up resumes them directly.
+        self._waiting: list[asyncio.Future[None]] = []
         self._subscribed = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         #: Grows with every wake-up, and with every resubscription (anything may have changed).
@@ -54,20 +55,28 @@ class Wakeups:
 
     async def wait(self, timeout: float, due_in: float | None) -> None:
         """Wait for a wake-up, for `due_in` seconds on the clock to pass, or `timeout` seconds."""
-        changed = asyncio.ensure_future(self._changed.wait())
-        waiters: list[asyncio.Future[Any]] = [changed]
-        if due_in is not None:
-            waiters.append(asyncio.ensure_future(self._clock.sleep(due_in)))
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(woken)
+        timer = loop.call_later(timeout, _resolve, woken)
+        # The app's clock decides when something is due (a test clock may move faster).
+        due = None if due_in is None else asyncio.ensure_future(self._clock.sleep(due_in))
+        if due is not None:
+            due.add_done_callback(lambda _: _resolve(woken))
         try:
-            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await woken
         finally:
-            for waiter in waiters:
-                waiter.cancel()
+            timer.cancel()
+            if due is not None:
+                due.cancel()
+            if woken in self._waiting:  # not woken by a publication (a timer, or cancelled)
+                self._waiting.remove(woken)
 
     def _notify(self) -> None:
         self.version += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        waiting, self._waiting = self._waiting, []
+        for woken in waiting:
+            _resolve(woken)
 
     async def _listen(self) -> None:
         backoff = _FIRST_BACKOFF
@@ -105,3 +114,8 @@ class Wakeups:
             self._listener = None
         self._subscribed.clear()
         self._notify()  # receivers still waiting find the channel closed
+
+
+def _resolve(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)
