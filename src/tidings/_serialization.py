@@ -15,11 +15,14 @@ import msgspec
 
 __all__ = [
     "JSON_CONTENT_TYPE",
+    "PACKED_HEADERS",
     "Decoder",
     "decoder_for",
     "describe_decode_error",
     "encode",
+    "pack_headers",
     "union_members",
+    "unpack_headers",
 ]
 
 JSON_CONTENT_TYPE = "application/json"
@@ -37,6 +40,13 @@ def _encode_extra(value: Any) -> Any:
 
 _encoder = msgspec.json.Encoder(enc_hook=_encode_extra)
 encode: Callable[[Any], bytes] = _encoder.encode
+
+#: The one broker header (or attribute) in which a channel carries all of an envelope's headers, as a
+#: JSON object, where the driver handles many headers slowly (RabbitMQ, Kafka) or few (SQS).
+PACKED_HEADERS = "tidings.headers"
+pack_headers: Callable[[dict[str, str]], bytes] = msgspec.json.Encoder().encode
+#: Raises `msgspec.DecodeError` (or `TypeError` for a value that is not text) on anything else.
+unpack_headers: Callable[[bytes | str], dict[str, str]] = msgspec.json.Decoder(dict[str, str]).decode
 
 
 def _is_pydantic_model(target: Any) -> bool:

@@ -10,6 +10,8 @@ import time
 from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from tests.kafka_server import KafkaServer
 
 from tidings import headers as h
 from tidings._clock import ManualClock
@@ -243,6 +245,34 @@ async def test_records_with_malformed_headers_from_other_producers_are_handed_ou
     foreign = next(d for d in received if number(d) == 1)
     assert foreign.envelope.headers == {h.DELIVER_AT: "soon", h.TIMESTAMP: "today"}
     assert foreign.delivery_count == 1
+
+
+async def test_headers_travel_as_one_readable_record_header_and_other_producers_headers_are_taken_as_they_are(
+    open_channel: OpenChannel, raw_producer: Any, kafka_server: KafkaServer
+) -> None:
+    channel = await open_channel(partitions=1)
+    await channel.send([envelope(1, tenant="acme")])
+    reader = AIOKafkaConsumer(bootstrap_servers=kafka_server.bootstrap_servers, enable_auto_commit=False)
+    await reader.start()
+    try:
+        reader.assign([TopicPartition(channel.topic, 0)])
+        await reader.seek_to_beginning()
+        record = await asyncio.wait_for(reader.getone(), timeout=10)
+    finally:
+        await reader.stop()
+    packed = b'{"tidings.id":"m-1","tidings.endpoint":"ep","tenant":"acme"}'
+    assert list(record.headers) == [("tidings.headers", packed)]
+    await raw_producer.send_and_wait(
+        channel.topic, b'{"n": 2}', headers=[("tidings.headers", b"not json"), (h.MESSAGE_ID, b"m-2")]
+    )
+
+    received = await receive_all(channel, 2)
+
+    assert [d.envelope.headers for d in received] == [
+        {h.MESSAGE_ID: "m-1", h.ENDPOINT: "ep", "tenant": "acme"},
+        {"tidings.headers": "not json", h.MESSAGE_ID: "m-2"},
+    ]
+    await channel.ack(received)
 
 
 async def test_the_next_member_resumes_from_the_lowest_unacked_offset(open_channel: OpenChannel) -> None:

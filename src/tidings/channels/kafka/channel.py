@@ -47,8 +47,10 @@ What maps onto what:
 - **Purge.** Commits the end of every partition for the group and drops what this process fetched.
   Partitions held by other running members of the group cannot be committed from outside: those
   are left as they are (logged).
-- **Private headers.** Copies the channel produces carry `tidings-kafka.*` headers (delivery count,
-  due time, end of the hop), removed before delivery.
+- **Headers.** An envelope's headers travel as one record header, `tidings.headers`, holding a
+  JSON object (see `_codec`); a record from another producer has its headers taken as they are.
+  Copies the channel produces also carry `tidings-kafka.*` headers (delivery count, due time, end of
+  the hop), removed before delivery.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ import msgspec
 from tidings import headers as h
 from tidings._clock import Clock, SystemClock
 from tidings._message import Envelope
+from tidings._serialization import PACKED_HEADERS, pack_headers, unpack_headers
 from tidings.channels.base import Capabilities, Channel, ChannelEnvironment, Delivery
 from tidings.channels.rabbitmq._link import ACK, REQUEUE, Link, Receipt
 from tidings.channels.rabbitmq._publisher import publish
@@ -81,11 +82,6 @@ _BROKER_HEADERS = frozenset(
         "x-last-death-reason",
     }
 )
-#: The one AMQP header holding an envelope's headers (see "Headers" above): pamqp encodes and decodes
-#: field tables in Python, about 1 µs an entry each way.
-_ENVELOPE_HEADERS = "tidings.headers"
-_encode_headers = msgspec.json.Encoder().encode
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 #: Publishes in flight at once; aiormq's confirm bookkeeping costs grow with the number in flight.
 _PUBLISH_WINDOW = 1000
 #: Loop turns `receive` waits at most for deliveries still on their way into the buffer.
@@ -363,7 +359,7 @@ class RabbitMQChannel(Channel):
         properties = Basic.Properties(
             delivery_mode=2,
             priority=amqp_priority,
-            headers={_ENVELOPE_HEADERS: _encode_headers(headers).decode()},
+            headers={PACKED_HEADERS: pack_headers(headers).decode()},
             expiration=expiration,
             # Unique per publish: aiormq matches a returned message to its publish by this id, and
             # copies of one event share the tidings message id.
@@ -698,10 +694,10 @@ def _safe_url(url: str) -> str:
 
 def _envelope_headers(table: FieldTable) -> dict[str, str]:
     """A received message's headers: ours unpacked, else its AMQP headers less the broker's own."""
-    packed = table.get(_ENVELOPE_HEADERS)
+    packed = table.get(PACKED_HEADERS)
     if packed is not None:
         try:
-            return _decode_headers(cast(str, packed))
+            return unpack_headers(cast(str, packed))
         except (msgspec.DecodeError, TypeError):
             pass  # not ours after all (another producer used the name): the table as it is, then
     if "x-death" in table:  # the broker's dead-letter headers come with it

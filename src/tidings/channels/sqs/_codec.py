@@ -25,6 +25,7 @@ import msgspec
 
 from tidings import headers as h
 from tidings._message import Envelope
+from tidings._serialization import PACKED_HEADERS, pack_headers, unpack_headers
 
 __all__ = [
     "ATTRIBUTE_NAMES",
@@ -34,7 +35,7 @@ __all__ = [
     "message_group_id",
 ]
 
-HEADERS: Final = "tidings.headers"
+HEADERS: Final = PACKED_HEADERS
 BODY_ENCODING: Final = "tidings.body-encoding"
 #: The message attributes a receive asks for.
 ATTRIBUTE_NAMES: Final = [HEADERS, BODY_ENCODING]
@@ -46,9 +47,6 @@ _NOT_SQS_TEXT: Final = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\U0001
 _NOT_SQS_JSON: Final = re.compile(rb"[\xf0-\xf4]|\xef\xbf[\xbe\xbf]")
 #: What SQS accepts as a message group or deduplication id.
 _SQS_ID: Final = re.compile(r"[!-~]{1,128}")
-
-_encode_headers = msgspec.json.Encoder().encode
-_decode_headers = msgspec.json.Decoder(dict[str, str]).decode
 
 
 def _string(value: str) -> dict[str, str]:
@@ -78,7 +76,7 @@ def encode(envelope: Envelope) -> tuple[str, dict[str, Any], int]:
         attributes[BODY_ENCODING] = _EMPTY
         size = 40
     if envelope.headers:
-        encoded = _encode_headers(envelope.headers)
+        encoded = pack_headers(envelope.headers)
         if _NOT_SQS_JSON.search(encoded) is not None:
             encoded = json.dumps(envelope.headers, ensure_ascii=True).encode()
         attributes[HEADERS] = _string(encoded.decode())
@@ -96,7 +94,7 @@ def decode(message: dict[str, Any]) -> Envelope:
     encoded_headers = attributes.get(HEADERS)
     if encoded_headers is not None:
         try:
-            headers = _decode_headers(encoded_headers["StringValue"])
+            headers = unpack_headers(encoded_headers["StringValue"])
         except (msgspec.DecodeError, KeyError):
             headers = {}  # not ours after all: the consumer dead-letters it for its missing endpoint
     encoding = attributes.get(BODY_ENCODING)
