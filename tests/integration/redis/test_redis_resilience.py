@@ -114,6 +114,26 @@ async def test_after_a_server_restart_leases_and_waiting_messages_are_still_ther
         await channel.close()
 
 
+async def test_a_server_that_forgot_the_channels_scripts_is_given_them_again(private_redis: Server) -> None:
+    channel = RedisChannel("orders", url=private_redis.url)
+    await channel.connect(environment())
+    admin = Redis.from_url(private_redis.url)
+    try:
+        await channel.send([message(1)])
+        await admin.script_flush()
+        await channel.send([message(2)])
+        await admin.script_flush()
+        received = await channel.receive(10, timeout=1.0)
+        await admin.script_flush()
+        await channel.ack(received)
+
+        assert sorted(number(d) for d in received) == [1, 2]
+        assert await channel.depth() == 0
+    finally:
+        await channel.close()
+        await admin.aclose()
+
+
 WORKER = """
 import asyncio, sys
 from tidings._clock import SystemClock

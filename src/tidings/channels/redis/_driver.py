@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RETRYABLE_ERRORS", "open_client", "redact"]
+__all__ = ["RETRYABLE_ERRORS", "Scripts", "open_client", "redact"]
 
 #: Errors after which the same call can be tried again on a fresh connection.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -35,3 +40,62 @@ def redact(url: str) -> str:
     credentials, _, host = parts.netloc.rpartition("@")
     user = credentials.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+class Scripts:
+    """Runs a channel's Lua scripts by their SHA, on connections of its own.
+
+    redis-py's command path (a pool checkout with its observability hooks, a retry wrapper, packing
+    argument by argument) costs about 1,500 bytecodes a call: more than a claim of 100 messages
+    spends on anything else. These calls have a fixed head (EVALSHA, the SHA, the channel's keys),
+    packed once, and a few string arguments, so each call is packed here and written and read on a
+    redis-py connection directly. A connection that fails is disconnected by redis-py and
+    reconnects on its next use; the channel decides whether to try again.
+    """
+
+    def __init__(self, client: Redis, sources: Mapping[str, str], keys: Sequence[str]) -> None:
+        self._client = client
+        self._sources = dict(sources)
+        fixed = _bulk(str(len(keys)).encode()) + b"".join(_bulk(key.encode()) for key in keys)
+        self._heads = {
+            name: _bulk(b"EVALSHA") + _bulk(hashlib.sha1(source.encode()).hexdigest().encode()) + fixed
+            for name, source in sources.items()
+        }
+        self._head_size = 3 + len(keys)
+        self._idle: list[AbstractConnection] = []
+        self._all: set[AbstractConnection] = set()
+
+    async def run(self, name: str, args: Sequence[bytes | str | int]) -> Any:
+        parts = [b"*%d\r\n" % (self._head_size + len(args)), self._heads[name]]
+        for arg in args:
+            data = arg if isinstance(arg, bytes) else str(arg).encode()
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        command = b"".join(parts)
+        try:
+            return await self._call(command)
+        except NoScriptError:
+            # A server that restarted, or flushed its scripts: load it, then the same call again.
+            await self._client.script_load(self._sources[name])
+            return await self._call(command)
+
+    async def _call(self, command: bytes) -> Any:
+        if self._idle:
+            connection = self._idle.pop()
+        else:
+            # redis-py leaves make_connection unannotated; it returns the pool's connection class.
+            connection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            self._all.add(connection)
+        try:
+            await connection.send_packed_command(command, check_health=False)
+            return await connection.read_response()
+        finally:
+            self._idle.append(connection)
+
+    async def close(self) -> None:
+        connections, self._all, self._idle = self._all, set(), []
+        for connection in connections:
+            await connection.disconnect()

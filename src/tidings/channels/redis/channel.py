@@ -48,8 +48,8 @@ from ._codec import decode_batch, encode_element, frame, frame_receipts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
+    from ._driver import Scripts
     from ._wakeup import Wakeups
 
 __all__ = ["RedisChannel"]
@@ -104,7 +104,7 @@ class RedisChannel(Channel):
         self._clock: Clock = SystemClock()
         self._client: Redis | None = None
         self._wakeups: Wakeups | None = None
-        self._scripts: dict[str, AsyncScript] = {}
+        self._scripts: Scripts | None = None
 
     def __repr__(self) -> str:
         return f"RedisChannel({self.name!r}, url={self._driver.redact(self.url)!r})"
@@ -125,17 +125,17 @@ class RedisChannel(Channel):
                 channel=self.name,
             ) from error
         self._client = client
-        self._scripts = {
-            name: client.register_script(getattr(_scripts, name))
-            for name in ("SEND", "CLAIM", "ACK", "NACK", "EXTEND", "DEPTH", "PURGE")
-        }
+        sources = {name: getattr(_scripts, name) for name in _scripts.__all__}
+        self._scripts = self._driver.Scripts(client, sources, self._keys)
         self._wakeups = Wakeups(client, self._wakeup_topic, self._clock)
 
     async def close(self) -> None:
-        client, wakeups = self._client, self._wakeups
-        self._client = self._wakeups = None  # first, so that waiting receivers see it when woken
+        client, wakeups, scripts = self._client, self._wakeups, self._scripts
+        self._client = self._wakeups = self._scripts = None  # first: waiting receivers see it when woken
         if wakeups is not None:
             await wakeups.close()
+        if scripts is not None:
+            await scripts.close()
         if client is not None:
             await client.aclose()
 
@@ -146,11 +146,13 @@ class RedisChannel(Channel):
 
     async def _run(self, script: str, args: list[Any]) -> Any:
         """Run one of the channel's scripts, riding out a lost connection."""
-        run = self._scripts[script]
+        scripts = self._scripts
+        if scripts is None:
+            raise RuntimeError(f"{self!r} is not connected; call connect() first")
         try:
-            return await run(self._keys, args)
+            return await scripts.run(script, args)
         except self._driver.RETRYABLE_ERRORS:
-            return await self._retrying(partial(run, self._keys, args))
+            return await self._retrying(partial(scripts.run, script, args))
 
     async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run an operation, retrying it with backoff while the connection is being restored."""
