@@ -141,14 +141,17 @@ class RedisChannel(Channel):
 
     def _connected(self) -> Redis:
         if self._client is None:
-            raise RuntimeError(f"{self!r} is not connected; call connect() first")
+            raise self._not_connected()
         return self._client
+
+    def _not_connected(self) -> RuntimeError:
+        return RuntimeError(f"{self!r} is not connected; call connect() first")
 
     async def _run(self, script: str, args: list[Any]) -> Any:
         """Run one of the channel's scripts, riding out a lost connection."""
         scripts = self._scripts
         if scripts is None:
-            raise RuntimeError(f"{self!r} is not connected; call connect() first")
+            raise self._not_connected()
         try:
             return await scripts.run(script, args)
         except self._driver.RETRYABLE_ERRORS:
