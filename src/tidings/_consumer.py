@@ -133,8 +133,8 @@ class _Acker:
             self._flush_later()
 
     def _flush_later(self) -> None:
-        if self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(_ACK_LINGER, self._start_flush)
+        # Only called with no timer set: `ack` checks, and `_flush` runs after `_start_flush` cleared it.
+        self._linger = asyncio.get_running_loop().call_later(_ACK_LINGER, self._start_flush)
 
     def _start_flush(self) -> None:
         if self._linger is not None:

@@ -55,12 +55,12 @@ def decode_headers(raw: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]])
             pass  # not ours after all (another producer used the name): every header as it is
         else:
             if len(raw) > 1:
-                headers.update(_each(raw[1:]))
+                headers.update(_one_by_one(raw[1:]))
             return headers
-    return _each(raw)
+    return _one_by_one(raw)
 
 
-def _each(raw: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]) -> dict[str, str]:
+def _one_by_one(raw: tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]) -> dict[str, str]:
     # Headers from other producers may hold any bytes; they must not stop the consumer.
     try:
         return {name: value.decode() for name, value in raw}

@@ -35,10 +35,9 @@ __all__ = [
     "message_group_id",
 ]
 
-HEADERS: Final = PACKED_HEADERS
 BODY_ENCODING: Final = "tidings.body-encoding"
 #: The message attributes a receive asks for.
-ATTRIBUTE_NAMES: Final = [HEADERS, BODY_ENCODING]
+ATTRIBUTE_NAMES: Final = [PACKED_HEADERS, BODY_ENCODING]
 
 #: Characters SQS refuses in a message body or attribute (it takes XML 1.0 characters only), and
 #: those outside the Basic Multilingual Plane, which AWS takes but some SQS-compatible servers refuse.
@@ -79,7 +78,7 @@ def encode(envelope: Envelope) -> tuple[str, dict[str, Any], int]:
         encoded = pack_headers(envelope.headers)
         if _NOT_SQS_JSON.search(encoded) is not None:
             encoded = json.dumps(envelope.headers, ensure_ascii=True).encode()
-        attributes[HEADERS] = _string(encoded.decode())
+        attributes[PACKED_HEADERS] = _string(encoded.decode())
         size += len(encoded) + 30
     return text, attributes, size
 
@@ -91,7 +90,7 @@ def decode(message: dict[str, Any]) -> Envelope:
     if not attributes:
         return Envelope(text.encode(), {})
     headers: dict[str, str] = {}
-    encoded_headers = attributes.get(HEADERS)
+    encoded_headers = attributes.get(PACKED_HEADERS)
     if encoded_headers is not None:
         try:
             headers = unpack_headers(encoded_headers["StringValue"])
