@@ -28,13 +28,12 @@ from tidings.channels.base import Channel, ChannelEnvironment
 from tidings.dead_letter import DeadLetters, DeadLetterStore, InMemoryDeadLetterStore
 from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware, Outgoing, SendNext, wraps_handling, wraps_sending
-from tidings.middleware.dead_letter import DeadLetterFailurePolicy, dead_letter_on_give_up
 from tidings.middleware.deduplication import (
     DeduplicationMiddleware,
     DeduplicationStore,
     InMemoryDeduplicationStore,
 )
-from tidings.middleware.retries import RetryMiddleware, RetryPolicy
+from tidings.middleware.retries import RetryingFailurePolicy, RetryPolicy
 from tidings.middleware.timeout import TimeoutMiddleware
 
 if TYPE_CHECKING:
@@ -174,12 +173,6 @@ class App:
                 f"channel_retry_policies names channels the app does not declare: {sorted(unknown)}"
             )
         resilience: list[Middleware] = [
-            RetryMiddleware(
-                retry_policy or RetryPolicy(),
-                channel_retry_policies or {},
-                self._in_transaction,
-                give_up=dead_letter_on_give_up(self),
-            ),
             TimeoutMiddleware(),
             DeduplicationMiddleware(
                 self,
@@ -188,8 +181,10 @@ class App:
                 in_transaction=self._in_transaction,
             ),
         ]
-        #: What happens to a message that failed before reaching a handler.
-        self.failure_policy: FailurePolicy = DeadLetterFailurePolicy()
+        #: What the consumer does with a failed handling: retries, then the dead letter.
+        self.failure_policy: FailurePolicy = RetryingFailurePolicy(
+            retry_policy or RetryPolicy(), channel_retry_policies or {}
+        )
         self.middleware: list[Middleware] = sorted(
             resilience + [m for e in self.extensions for m in e.middleware()] + middleware,
             key=lambda m: m.order,
@@ -284,7 +279,7 @@ class App:
         applicable += endpoint.handler_middleware
         endpoint.bare = endpoint.is_coroutine and not endpoint.parameters and not applicable
         for middleware in reversed(applicable):
-            chain = _link(middleware, chain)
+            chain = middleware.wrap(endpoint, chain)
         return chain
 
     def _build_send_chain(self) -> SendNext:
@@ -435,10 +430,6 @@ class App:
             f"app '{self.name}' has no database; pass App(database='sqlite+aiosqlite:///app.db') "
             f"or another SQLAlchemy URL to use transactions"
         )
-
-
-def _link(middleware: Middleware, call_next: Any) -> Any:
-    return lambda context: middleware.handle(context, call_next)
 
 
 def _link_send(middleware: Middleware, call_next: SendNext) -> SendNext:

@@ -29,17 +29,20 @@ if TYPE_CHECKING:
     from tidings._app import App
     from tidings.channels.base import Channel, Delivery
 
-__all__ = ["DEAD_LETTERED", "OUTCOME", "RETRIED", "Consumer", "ConsumerStats", "FailurePolicy"]
+__all__ = ["DEAD_LETTERED", "OUTCOME", "RETRIED", "RUN_AGAIN", "Consumer", "ConsumerStats", "FailurePolicy"]
 
 logger = logging.getLogger("tidings.consumer")
 
 _ROUTING_SLIP: Final = h.ROUTING_SLIP
 _EXPIRES_AT: Final = h.EXPIRES_AT
 _ENDPOINT: Final = h.ENDPOINT
-#: Key in `MessageContext.scope` where failure handling records what it did instead of handling.
+#: Key in `MessageContext.scope` where a middleware records why it skipped the handler (a duplicate).
 OUTCOME: Final = "tidings.outcome"
+#: What a failure policy did with a failed delivery that may now be acked.
 RETRIED: Final = "retried"
 DEAD_LETTERED: Final = "dead-lettered"
+#: A failure policy's answer: handle the delivery again at once, in process (an instant retry).
+RUN_AGAIN: Final = "run again"
 _IDLE_RECEIVE_TIMEOUT: Final = 1.0
 #: A channel whose receive fails (its broker is gone) is tried again after these pauses, doubling.
 _RECEIVE_RETRY_FIRST: Final = 0.5
@@ -76,7 +79,7 @@ class ConsumerStats:
 
 
 class FailurePolicy:
-    """Decides what happens to a delivery whose handling failed; the resiliency layer replaces it.
+    """Decides what happens to a delivery whose handling failed; the app's retries replace it.
 
     The default gives the message back to its channel with an exponential delay, so nothing is lost.
     """
@@ -88,11 +91,21 @@ class FailurePolicy:
         delivery: Delivery,
         error: Exception,
         context: MessageContext | None,
-    ) -> bool:
-        """Deal with the failed delivery; return True if it may now be acked."""
+        instant_retries: int,
+    ) -> str | None:
+        """Deal with the failed delivery, whose handling already ran again `instant_retries` times.
+
+        Returns `RUN_AGAIN` to handle it again at once, `RETRIED` or `DEAD_LETTERED` when it was taken
+        care of and may be acked, or None when it went back to its channel.
+        """
         delay = min(2.0 ** (delivery.delivery_count - 1), _MAX_FALLBACK_DELAY)
+        logger.error(
+            "endpoint %s failed on message %s from channel %s; back to the channel in %.0fs",
+            delivery.envelope.endpoint, delivery.envelope.message_id, channel.name, delay,
+            exc_info=error,
+        )  # fmt: skip
         await channel.nack([delivery], delay=delay)
-        return False
+        return None
 
 
 #: One delivery to handle, or a list of routing-slip deliveries to relay together; a plain tuple,
@@ -433,62 +446,64 @@ class Consumer:
     async def _process(self, channel: Channel, delivery: Delivery) -> None:
         app = self.app
         headers = delivery.envelope.headers
-        context: MessageContext | None = None
-        try:
-            expires_at = headers.get(_EXPIRES_AT)
-            if expires_at is not None and float(expires_at) <= app.clock.now():
-                raise MessageExpired(
-                    f"message {delivery.envelope.message_id} expired before it was received",
-                    envelope=delivery.envelope,
-                )
-            endpoint = app.endpoints.get(headers.get(_ENDPOINT, ""))
-            if endpoint is None:
-                raise EndpointNotFound(
-                    f"message {delivery.envelope.message_id} on channel '{channel.name}' is for "
-                    f"endpoint '{headers.get(h.ENDPOINT)}', which app '{app.name}' does not have "
-                    f"(renamed or removed handler?)",
-                    envelope=delivery.envelope,
-                )
-            context = MessageContext(
-                app, endpoint, headers, _UNDECODED, delivery, channel.name, self.raise_errors
-            )
-            pending: list[Outgoing] = []
-            token = handling_scope.set((context, pending))
+        instant_retries = 0
+        while True:
+            context: MessageContext | None = None
             try:
-                assert endpoint.pipeline is not None
-                await endpoint.pipeline(context)
-            finally:
-                handling_scope.reset(token)
-            if pending:
-                await app.dispatcher.flush(pending)
-            outcome = context._scope.get(OUTCOME) if context._scope else None
-        except asyncio.CancelledError:
-            # Cut off by the drain deadline: back to the channel, not counted as a failure.
-            self.stats.returned += 1
-            await channel.nack([delivery])
-            raise
-        except MessageExpired as error:
-            self.stats.expired += 1
-            if app.expired_messages == "dead-letter":
-                await self._failed(channel, delivery, error, None)
+                expires_at = headers.get(_EXPIRES_AT)
+                if expires_at is not None and float(expires_at) <= app.clock.now():
+                    raise MessageExpired(
+                        f"message {delivery.envelope.message_id} expired before it was received",
+                        envelope=delivery.envelope,
+                    )
+                endpoint = app.endpoints.get(headers.get(_ENDPOINT, ""))
+                if endpoint is None:
+                    raise EndpointNotFound(
+                        f"message {delivery.envelope.message_id} on channel '{channel.name}' is for "
+                        f"endpoint '{headers.get(h.ENDPOINT)}', which app '{app.name}' does not have "
+                        f"(renamed or removed handler?)",
+                        envelope=delivery.envelope,
+                    )
+                context = MessageContext(
+                    app, endpoint, headers, _UNDECODED, delivery, channel.name, self.raise_errors
+                )
+                # What the handler sends waits here and goes out only if the handling succeeds.
+                pending: list[Outgoing] = []
+                token = handling_scope.set((context, pending))
+                try:
+                    assert endpoint.pipeline is not None
+                    await endpoint.pipeline(context)
+                finally:
+                    handling_scope.reset(token)
+                if pending:
+                    await app.dispatcher.flush(pending)
+                duplicate = context._scope is not None and OUTCOME in context._scope
+            except asyncio.CancelledError:
+                # Cut off by the drain deadline: back to the channel, not counted as a failure.
+                self.stats.returned += 1
+                await channel.nack([delivery])
+                raise
+            except MessageExpired as error:
+                self.stats.expired += 1
+                if app.expired_messages == "dead-letter":
+                    await self._failed(channel, delivery, error, None, 0)
+                    return
+                logger.info("dropped expired message %s", delivery.envelope.message_id)
+                self._ackers[channel.name].ack(delivery)
                 return
-            logger.info("dropped expired message %s", delivery.envelope.message_id)
-            self._ackers[channel.name].ack(delivery)
-            return
-        except Exception as error:
-            await self._failed(channel, delivery, error, context)
-            return
+            except Exception as error:
+                if await self._failed(channel, delivery, error, context, instant_retries):
+                    instant_retries += 1
+                    continue
+                return
+            break
         self._ackers[channel.name].ack(delivery)
-        if outcome is None:
+        if duplicate:
+            self.stats.duplicates += 1
+        else:
             self.stats.handled += 1
             if self._limited:
                 self._check_limits()
-        elif outcome == RETRIED:
-            self.stats.retried += 1
-        elif outcome == DEAD_LETTERED:
-            self.stats.dead_lettered += 1
-        else:
-            self.stats.duplicates += 1
 
     async def _failed(
         self,
@@ -496,32 +511,39 @@ class Consumer:
         delivery: Delivery,
         error: Exception,
         context: MessageContext | None,
-    ) -> None:
+        instant_retries: int,
+    ) -> bool:
+        """Let the failure policy deal with a failed handling; True to run the handling again now."""
         self.stats.failed += 1
-        logger.error(
-            "endpoint %s failed on message %s from channel %s: %s",
-            delivery.envelope.endpoint,
-            delivery.envelope.message_id,
-            channel.name,
-            error,
-            exc_info=not self.raise_errors,
-        )
         if self.raise_errors:
+            logger.error(
+                "endpoint %s failed on message %s from channel %s: %s",
+                delivery.envelope.endpoint, delivery.envelope.message_id, channel.name, error,
+            )  # fmt: skip
             self.stats.errors.append(error)
             await channel.nack([delivery])
             self.stop("handler error")
-            return
+            return False
         try:
-            handled = await self.failure_policy.handle_failure(self.app, channel, delivery, error, context)
+            outcome = await self.failure_policy.handle_failure(
+                self.app, channel, delivery, error, context, instant_retries
+            )
         except Exception:
             logger.exception(
-                "failure policy failed; message %s goes back to its channel",
-                delivery.envelope.message_id,
-            )
+                "failure policy failed on %s; message %s goes back to its channel",
+                error, delivery.envelope.message_id,
+            )  # fmt: skip
             await channel.nack([delivery], delay=_MAX_FALLBACK_DELAY)
-            return
-        if handled:
+            return False
+        if outcome == RUN_AGAIN:
+            return True
+        if outcome is not None:
             self._ackers[channel.name].ack(delivery)
+            if outcome == RETRIED:
+                self.stats.retried += 1
+            else:
+                self.stats.dead_lettered += 1
+        return False
 
     async def _relay(self, channel: Channel, deliveries: list[Delivery]) -> None:
         """Forward routing-slip messages to their next channel; ack only after the target took them."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
@@ -12,6 +13,7 @@ import pytest
 
 from tidings import (
     App,
+    Endpoint,
     EventBus,
     Headers,
     InMemoryChannel,
@@ -532,6 +534,52 @@ async def test_middleware_run_in_order_around_handlers_and_can_be_scoped_or_atta
         "outer>placed", "async-only>placed", "inner>placed", "placed stamped=yes", "inner<placed",
         "async-only<placed", "outer<placed",
     ]  # fmt: skip
+
+
+class PerEndpointCounter(Middleware):
+    """Builds one step per endpoint, with the endpoint's counter already looked up."""
+
+    def __init__(self) -> None:
+        self.built: list[str] = []
+        self.counts: dict[str, int] = {}
+
+    def wrap(self, endpoint: Endpoint, call_next: CallNext) -> CallNext:
+        self.built.append(endpoint.id)
+        counts, key = self.counts, endpoint.id
+
+        def count(context: MessageContext) -> Awaitable[Any]:
+            counts[key] = counts.get(key, 0) + 1
+            return call_next(context)
+
+        return count
+
+
+async def test_a_middleware_can_build_its_step_once_per_endpoint_with_wrap() -> None:
+    handled: list[str] = []
+
+    @asynchronous("work")
+    @event_handler
+    async def placed(event: OrderPlaced) -> None:
+        handled.append(event.order_id)
+
+    @command_handler
+    async def place(command: PlaceOrder) -> None:
+        handled.append(command.order_id)
+
+    counter = PerEndpointCounter()
+    app = App("shop", handlers=[placed, place], channels=channels("work"), middleware=[counter])
+    async with FlowTest(app) as flow:
+        built_at_start = sorted(counter.built)
+        for n in range(3):
+            await flow.publish(OrderPlaced(f"o-{n}", 1))
+        await flow.send(PlaceOrder("p-1", 1))
+        await flow.run()
+
+    # Built when an app is made (FlowTest makes its own from the one given), not per message.
+    assert set(built_at_start) == {"place", "placed"}
+    assert sorted(counter.built) == built_at_start
+    assert counter.counts == {"placed": 3, "place": 1}
+    assert sorted(handled) == ["o-0", "o-1", "o-2", "p-1"]
 
 
 async def test_async_handlers_run_concurrently_up_to_the_concurrency_limit() -> None:

@@ -9,6 +9,7 @@ from tidings import (
     App,
     Backoff,
     DeadLetterFilter,
+    EventBus,
     InMemoryChannel,
     MessageContext,
     RetryPolicy,
@@ -112,6 +113,48 @@ async def test_instant_retries_rerun_in_process_before_a_delayed_retry() -> None
 
     assert attempts == [1, 1, 1]
     assert (stats.handled, stats.retried) == (1, 0)
+
+
+@dataclass
+class ReceiptSent:
+    order_id: str
+
+
+async def test_what_a_failed_handling_sent_is_dropped_and_only_the_successful_attempt_sends() -> None:
+    attempts: list[int] = []
+    receipts: list[str] = []
+
+    @asynchronous("work")
+    @event_handler
+    async def charge(event: OrderPlaced, context: MessageContext, events: EventBus) -> None:
+        attempts.append(context.attempt)
+        await events.publish(ReceiptSent(f"{event.order_id}/attempt-{len(attempts)}"))
+        if len(attempts) < 3:
+            raise PaymentDeclined("declined")
+
+    @asynchronous("receipts")
+    @event_handler
+    async def mail_receipt(event: ReceiptSent) -> None:
+        receipts.append(event.order_id)
+
+    policy = RetryPolicy(instant_retries=1, backoff=no_jitter(initial=1))
+    app = App(
+        "shop",
+        handlers=[charge, mail_receipt],
+        channels=[InMemoryChannel("work"), InMemoryChannel("receipts")],
+        retry_policy=policy,
+    )
+    async with FlowTest(app, raise_errors=False) as flow:
+        await flow.publish(OrderPlaced("o-1"))
+        failing = await flow.run()
+        flow.advance(1)
+        succeeding = await flow.run()
+
+    # The first attempt, its instant retry, then a delayed retry: only the last one's receipt went out.
+    assert attempts == [1, 1, 2]
+    assert receipts == ["o-1/attempt-3"]
+    assert (failing.failed, failing.retried, failing.handled) == (2, 1, 0)
+    assert (succeeding.failed, succeeding.handled) == (0, 2)
 
 
 async def test_exceptions_that_are_never_retried_go_straight_to_the_dead_letter() -> None:

@@ -39,14 +39,16 @@ class Middleware:
     - `before(context)` runs before the handler, `after(context, result)` after it returned;
     - `handle(context, call_next)` wraps the handler completely (the default calls before, the rest of
       the pipeline, then after);
-    - `send(outgoing, call_next)` wraps every message sent to a channel.
+    - `send(outgoing, call_next)` wraps every message sent to a channel;
+    - `wrap(endpoint, call_next)` builds the step for one endpoint (the default calls `handle`).
 
     `order` places built-in and user middleware: lower runs further out. `applies_to(endpoint)` selects
     the endpoints a middleware wraps; it is asked once per endpoint at start-up.
     """
 
-    #: Lower runs further out. Built-ins: tracing -100, dead letter -50, retries -40,
-    #: deduplication -20, transactions -10; user middleware default to 0 (innermost).
+    #: Lower runs further out. Built-ins: handler timeout -30, transactions -10, deduplication -5;
+    #: user middleware default to 0 (innermost). Retries and the dead letter are not middleware:
+    #: the consumer's failure policy runs them once a failed handling has unwound.
     order: int = 0
 
     def applies_to(self, endpoint: Endpoint) -> bool:
@@ -67,13 +69,21 @@ class Middleware:
     async def send(self, outgoing: Outgoing, call_next: SendNext) -> None:
         await call_next(outgoing)
 
+    def wrap(self, endpoint: Endpoint, call_next: CallNext) -> CallNext:
+        """This middleware around `call_next`, for one endpoint; asked once per endpoint at start-up.
+
+        The default calls `handle`. A middleware may return a step made for the endpoint instead, with
+        what it would otherwise look up for every message already worked out.
+        """
+        return lambda context: self.handle(context, call_next)
+
 
 def _overrides(middleware: Middleware, *names: str) -> bool:
     return any(getattr(type(middleware), name) is not getattr(Middleware, name) for name in names)
 
 
 def wraps_handling(middleware: Middleware) -> bool:
-    return _overrides(middleware, "before", "after", "handle")
+    return _overrides(middleware, "before", "after", "handle", "wrap")
 
 
 def wraps_sending(middleware: Middleware) -> bool:
@@ -94,6 +104,9 @@ class _Scoped(Middleware):
 
     async def send(self, outgoing: Outgoing, call_next: SendNext) -> None:
         await self.inner.send(outgoing, call_next)
+
+    def wrap(self, endpoint: Endpoint, call_next: CallNext) -> CallNext:
+        return self.inner.wrap(endpoint, call_next)
 
 
 def scoped(

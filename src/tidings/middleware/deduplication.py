@@ -15,6 +15,7 @@ purged automatically.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,23 @@ def deduplicated(
     return mark
 
 
+def _message_id(context: MessageContext) -> str | None:
+    return context.headers.get(_MESSAGE_ID) or None
+
+
+def _key(rule: _Deduplication, context: MessageContext) -> str | None:
+    if rule.header is not None:
+        return context.headers.get(rule.header)
+    if rule.key is not None:
+        return str(rule.key(context.message))
+    return context.message_id or None
+
+
+def _skip(context: MessageContext, tracking: str, key: str) -> None:
+    logger.info("skipped duplicate of %s for %s (key %s)", context.message_id, tracking, key)
+    context.scope[OUTCOME] = DUPLICATE
+
+
 class DeduplicationMiddleware(Middleware):
     """Skips handlings whose key was already handled; inside the transaction middleware."""
 
@@ -133,63 +151,56 @@ class DeduplicationMiddleware(Middleware):
         self._next_purge = 0.0
         self._purging: asyncio.Task[None] | None = None
         self._in_flight: dict[tuple[str, str], asyncio.Future[None] | None] = {}
-        self._rules: dict[Endpoint, tuple[_Deduplication | None, str]] = {}
 
     def applies_to(self, endpoint: Endpoint) -> bool:
         return _OPTION in endpoint.options or (self.by_default and endpoint.is_asynchronous)
 
-    def _learn_rule(self, endpoint: Endpoint) -> tuple[_Deduplication | None, str]:
-        """The endpoint's rule and tracking name, kept for its next messages."""
+    def wrap(self, endpoint: Endpoint, call_next: CallNext) -> CallNext:
         rule: _Deduplication | None = endpoint.options.get(_OPTION)
-        known = self._rules[endpoint] = (rule, (rule.tracking_name if rule else None) or endpoint.id)
-        return known
+        tracking = (rule.tracking_name if rule else None) or endpoint.id
+        key_of = _message_id if rule is None else functools.partial(_key, rule)
+        in_flight = self._in_flight
+        app = self.app
 
-    @staticmethod
-    def _key(rule: _Deduplication, context: MessageContext) -> str | None:
-        if rule.header is not None:
-            return context.headers.get(rule.header)
-        if rule.key is not None:
-            return str(rule.key(context.message))
-        return context.message_id or None
+        async def deduplicate(context: MessageContext) -> Any:
+            key = key_of(context)
+            if key is None:
+                return await call_next(context)
+            slot = (tracking, key)
+            if slot in in_flight:
+                await self._take_turn(slot)
+            in_flight[slot] = None
+            try:
+                store = app.deduplication_store
+                now = app.clock.now()
+                if now >= self._next_purge:
+                    self._purge_soon(store, now)
+                if type(store) is InMemoryDeduplicationStore:
+                    # The default without a database: plain dict work, no round trips to await.
+                    handled = store._handled
+                    if slot in handled:
+                        return _skip(context, tracking, key)
+                    result = await call_next(context)
+                    handled[slot] = now
+                    return result
+                if await store.contains(tracking, key):
+                    return _skip(context, tracking, key)
+                if self.in_transaction():
+                    # Claimed in the handler's transaction: commits or rolls back with its effects.
+                    await store.add(tracking, key, now)
+                    return await call_next(context)
+                result = await call_next(context)
+                await store.add(tracking, key, now)
+                return result
+            finally:
+                waiter = in_flight.pop(slot)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+        return deduplicate
 
     async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        endpoint = context.endpoint
-        rule, tracking = self._rules.get(endpoint) or self._learn_rule(endpoint)
-        key = (context.headers.get(_MESSAGE_ID) or None) if rule is None else self._key(rule, context)
-        if key is None:
-            return await call_next(context)
-        slot = (tracking, key)
-        in_flight = self._in_flight
-        if slot in in_flight:
-            await self._take_turn(slot)
-        in_flight[slot] = None
-        try:
-            app = self.app
-            store = app.deduplication_store
-            now = app.clock.now()
-            if now >= self._next_purge:
-                self._purge_soon(store, now)
-            if type(store) is InMemoryDeduplicationStore:
-                # The default without a database: plain dict work, no round trips to await.
-                handled = store._handled
-                if slot in handled:
-                    return self._skip(context, tracking, key)
-                result = await call_next(context)
-                handled[slot] = now
-                return result
-            if await store.contains(tracking, key):
-                return self._skip(context, tracking, key)
-            if self.in_transaction():
-                # Claimed in the handler's transaction: commits or rolls back with its effects.
-                await store.add(tracking, key, now)
-                return await call_next(context)
-            result = await call_next(context)
-            await store.add(tracking, key, now)
-            return result
-        finally:
-            waiter = in_flight.pop(slot)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        return await self.wrap(context.endpoint, call_next)(context)
 
     async def _take_turn(self, slot: tuple[str, str]) -> None:
         """Wait until no other copy of this key is being handled in this process.
@@ -203,11 +214,6 @@ class DeduplicationMiddleware(Middleware):
             if waiter is None:
                 waiter = in_flight[slot] = asyncio.get_running_loop().create_future()
             await waiter
-
-    @staticmethod
-    def _skip(context: MessageContext, tracking: str, key: str) -> None:
-        logger.info("skipped duplicate of %s for %s (key %s)", context.message_id, tracking, key)
-        context.scope[OUTCOME] = DUPLICATE
 
     def _purge_soon(self, store: DeduplicationStore, now: float) -> None:
         if self._purging is not None and not self._purging.done():

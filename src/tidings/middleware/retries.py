@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 from tidings import headers as h
-from tidings._consumer import OUTCOME, RETRIED
+from tidings._consumer import RETRIED, RUN_AGAIN
 from tidings._decorators import spec_of
 from tidings.exceptions import EndpointNotFound, SerializationError
-from tidings.middleware.base import CallNext, Middleware
+from tidings.middleware.dead_letter import DeadLetterFailurePolicy
 
 if TYPE_CHECKING:
+    from tidings._app import App
     from tidings._context import MessageContext
     from tidings._registry import Endpoint
+    from tidings.channels.base import Channel, Delivery
 
-__all__ = ["Backoff", "RetryMiddleware", "RetryPolicy", "retry"]
+__all__ = ["Backoff", "RetryPolicy", "RetryingFailurePolicy", "retry"]
 
 logger = logging.getLogger("tidings.retries")
 
@@ -133,27 +135,14 @@ def retry(policy: RetryPolicy | None = None, **options: Any) -> Callable[[F], F]
     return mark
 
 
-class RetryMiddleware(Middleware):
-    """Retries failed handlings of asynchronous endpoints, then gives the last failure up (to the
-    dead-letter store). Nothing wraps the handler for this on the way in but this one frame."""
+class RetryingFailurePolicy(DeadLetterFailurePolicy):
+    """What the consumer does with a failed handling: instant retries, then delayed retries through
+    the channel, then the dead letter. Nothing wraps a handler for this: a handling that raised has
+    already unwound, its transaction rolled back and what it sent dropped."""
 
-    order = -40
-
-    def __init__(
-        self,
-        default: RetryPolicy,
-        per_channel: Mapping[str, RetryPolicy],
-        in_transaction: Callable[[], bool],
-        give_up: Callable[[MessageContext, Exception], Awaitable[None]],
-    ) -> None:
-        #: Called with the last failure when retrying is over (the dead letter); may raise.
-        self.give_up = give_up
+    def __init__(self, default: RetryPolicy, per_channel: Mapping[str, RetryPolicy]) -> None:
         self.default = default
         self.per_channel = dict(per_channel)
-        self.in_transaction = in_transaction
-
-    def applies_to(self, endpoint: Endpoint) -> bool:
-        return endpoint.is_asynchronous
 
     def policy_for(self, endpoint: Endpoint) -> RetryPolicy:
         own: RetryPolicy | None = endpoint.options.get(_OPTION)
@@ -161,50 +150,48 @@ class RetryMiddleware(Middleware):
             return own
         return self.per_channel.get(endpoint.channels[-1], self.default)
 
-    async def handle(self, context: MessageContext, call_next: CallNext) -> Any:
-        if context.delivery is None or context.raise_errors:
-            return await call_next(context)
-        instant = 0
-        while True:
-            try:
-                return await call_next(context)
-            except Exception as error:
-                policy = self.policy_for(context.endpoint)
-                if not policy.retries(error):
-                    await self.give_up(context, error)
-                    return None
-                if instant < policy.instant_retries and not self.in_transaction():
-                    instant += 1
-                    logger.warning(
-                        "endpoint %s failed on message %s (%s); instant retry %d of %d",
-                        context.endpoint_id, context.message_id, error, instant, policy.instant_retries,
-                    )  # fmt: skip
-                    context.scope.clear()
-                    continue
-                attempt = context.attempt
-                if attempt >= policy.max_attempts:
-                    await self.give_up(context, error)
-                    return None
-                await self._retry_later(context, policy, attempt, error)
-                context.scope[OUTCOME] = RETRIED
-                return None
+    async def handle_failure(
+        self,
+        app: App,
+        channel: Channel,
+        delivery: Delivery,
+        error: Exception,
+        context: MessageContext | None,
+        instant_retries: int,
+    ) -> str | None:
+        if context is None:  # failed before reaching a handler: nothing to retry
+            return await super().handle_failure(app, channel, delivery, error, context, instant_retries)
+        policy = self.policy_for(context.endpoint)
+        if policy.retries(error):
+            if instant_retries < policy.instant_retries:
+                logger.warning(
+                    "endpoint %s failed on message %s (%s); instant retry %d of %d",
+                    context.endpoint_id, context.message_id, error, instant_retries + 1,
+                    policy.instant_retries,
+                )  # fmt: skip
+                return RUN_AGAIN
+            attempt = context.attempt
+            if attempt < policy.max_attempts:
+                await self._retry_later(app, channel, delivery, policy, attempt, error)
+                return RETRIED
+        return await self.dead_letter(app, channel, delivery, error, "failed")
 
+    @staticmethod
     async def _retry_later(
-        self, context: MessageContext, policy: RetryPolicy, attempt: int, error: Exception
+        app: App, channel: Channel, delivery: Delivery, policy: RetryPolicy, attempt: int, error: Exception
     ) -> None:
-        assert context.envelope is not None and context.channel is not None
-        now = context.app.clock.now()
+        envelope = delivery.envelope
+        now = app.clock.now()
         delay = policy.backoff.delay(attempt)
         changes: dict[str, str | None] = {
             h.ATTEMPT: str(attempt + 1),
             h.DELIVER_AT: f"{now + delay:.6f}",
         }
-        if h.FIRST_FAILED_AT not in context.envelope.headers:
+        if h.FIRST_FAILED_AT not in envelope.headers:
             changes[h.FIRST_FAILED_AT] = f"{now:.6f}"
-        retry_copy = context.envelope.with_headers(changes)
-        await context.app.channel(context.channel).send([retry_copy])
+        await channel.send([envelope.with_headers(changes)])
         logger.warning(
             "endpoint %s failed on message %s (attempt %d of %d: %s: %s); retrying in %.1fs",
-            context.endpoint_id, context.message_id, attempt, policy.max_attempts,
+            envelope.endpoint, envelope.message_id, attempt, policy.max_attempts,
             type(error).__name__, error, delay,
         )  # fmt: skip
