@@ -29,7 +29,16 @@ if TYPE_CHECKING:
     from tidings._app import App
     from tidings.channels.base import Channel, Delivery
 
-__all__ = ["DEAD_LETTERED", "OUTCOME", "RETRIED", "RUN_AGAIN", "Consumer", "ConsumerStats", "FailurePolicy"]
+__all__ = [
+    "DEAD_LETTERED",
+    "OUTCOME",
+    "RETRIED",
+    "RUN_AGAIN",
+    "Consumer",
+    "ConsumerStats",
+    "Failure",
+    "FailurePolicy",
+]
 
 logger = logging.getLogger("tidings.consumer")
 
@@ -78,33 +87,40 @@ class ConsumerStats:
     errors: list[BaseException] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A handling that failed, as a failure policy sees it."""
+
+    app: App
+    channel: Channel
+    delivery: Delivery
+    error: Exception
+    #: None when the message failed before reaching a handler (unknown endpoint, expired).
+    context: MessageContext | None
+    #: How often the handling already ran again at once (instant retries).
+    instant_retries: int
+
+
 class FailurePolicy:
     """Decides what happens to a delivery whose handling failed; the app's retries replace it.
 
     The default gives the message back to its channel with an exponential delay, so nothing is lost.
     """
 
-    async def handle_failure(
-        self,
-        app: App,
-        channel: Channel,
-        delivery: Delivery,
-        error: Exception,
-        context: MessageContext | None,
-        instant_retries: int,
-    ) -> str | None:
-        """Deal with the failed delivery, whose handling already ran again `instant_retries` times.
+    async def handle_failure(self, failure: Failure) -> str | None:
+        """Deal with a failed handling.
 
-        Returns `RUN_AGAIN` to handle it again at once, `RETRIED` or `DEAD_LETTERED` when it was taken
-        care of and may be acked, or None when it went back to its channel.
+        Returns `RUN_AGAIN` to handle the delivery again at once, `RETRIED` or `DEAD_LETTERED` when
+        it was taken care of and may be acked, or None when it went back to its channel.
         """
+        delivery = failure.delivery
         delay = min(2.0 ** (delivery.delivery_count - 1), _MAX_FALLBACK_DELAY)
         logger.error(
             "endpoint %s failed on message %s from channel %s; back to the channel in %.0fs",
-            delivery.envelope.endpoint, delivery.envelope.message_id, channel.name, delay,
-            exc_info=error,
+            delivery.envelope.endpoint, delivery.envelope.message_id, failure.channel.name, delay,
+            exc_info=failure.error,
         )  # fmt: skip
-        await channel.nack([delivery], delay=delay)
+        await failure.channel.nack([delivery], delay=delay)
         return None
 
 
@@ -525,9 +541,8 @@ class Consumer:
             self.stop("handler error")
             return False
         try:
-            outcome = await self.failure_policy.handle_failure(
-                self.app, channel, delivery, error, context, instant_retries
-            )
+            failure = Failure(self.app, channel, delivery, error, context, instant_retries)
+            outcome = await self.failure_policy.handle_failure(failure)
         except Exception:
             logger.exception(
                 "failure policy failed on %s; message %s goes back to its channel",

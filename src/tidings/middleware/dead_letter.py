@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import TYPE_CHECKING
 
-from tidings._consumer import DEAD_LETTERED, FailurePolicy
+from tidings._consumer import DEAD_LETTERED, Failure, FailurePolicy
 from tidings.dead_letter import DeadLetter
 from tidings.exceptions import EndpointNotFound, MessageExpired
-
-if TYPE_CHECKING:
-    from tidings._app import App
-    from tidings._context import MessageContext
-    from tidings.channels.base import Channel, Delivery
 
 __all__ = ["DeadLetterFailurePolicy"]
 
@@ -26,29 +20,20 @@ class DeadLetterFailurePolicy(FailurePolicy):
     Other failures go back to their channel with a growing delay; `RetryingFailurePolicy`, the app's
     policy, retries them and dead-letters the last one."""
 
-    async def handle_failure(
-        self,
-        app: App,
-        channel: Channel,
-        delivery: Delivery,
-        error: Exception,
-        context: MessageContext | None,
-        instant_retries: int,
-    ) -> str | None:
-        if isinstance(error, EndpointNotFound):
-            return await self.dead_letter(app, channel, delivery, error, "unknown endpoint")
-        if isinstance(error, MessageExpired):
-            return await self.dead_letter(app, channel, delivery, error, "expired")
-        return await super().handle_failure(app, channel, delivery, error, context, instant_retries)
+    async def handle_failure(self, failure: Failure) -> str | None:
+        if isinstance(failure.error, EndpointNotFound):
+            return await self.dead_letter(failure, "unknown endpoint")
+        if isinstance(failure.error, MessageExpired):
+            return await self.dead_letter(failure, "expired")
+        return await super().handle_failure(failure)
 
     @staticmethod
-    async def dead_letter(
-        app: App, channel: Channel, delivery: Delivery, error: Exception, reason: str
-    ) -> str:
+    async def dead_letter(failure: Failure, reason: str) -> str:
         """Keep the message in the dead-letter store, with the error that put it there."""
+        app, error = failure.app, failure.error
         letter = DeadLetter.of(
-            delivery.envelope,
-            channel=channel.name,
+            failure.delivery.envelope,
+            channel=failure.channel.name,
             reason=reason,
             error=error,
             traceback="".join(traceback.format_exception(error)),

@@ -16,16 +16,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
 from tidings import headers as h
-from tidings._consumer import RETRIED, RUN_AGAIN
+from tidings._consumer import RETRIED, RUN_AGAIN, Failure
 from tidings._decorators import spec_of
 from tidings.exceptions import EndpointNotFound, SerializationError
 from tidings.middleware.dead_letter import DeadLetterFailurePolicy
 
 if TYPE_CHECKING:
-    from tidings._app import App
-    from tidings._context import MessageContext
     from tidings._registry import Endpoint
-    from tidings.channels.base import Channel, Delivery
 
 __all__ = ["Backoff", "RetryPolicy", "RetryingFailurePolicy", "retry"]
 
@@ -150,38 +147,29 @@ class RetryingFailurePolicy(DeadLetterFailurePolicy):
             return own
         return self.per_channel.get(endpoint.channels[-1], self.default)
 
-    async def handle_failure(
-        self,
-        app: App,
-        channel: Channel,
-        delivery: Delivery,
-        error: Exception,
-        context: MessageContext | None,
-        instant_retries: int,
-    ) -> str | None:
+    async def handle_failure(self, failure: Failure) -> str | None:
+        context, error = failure.context, failure.error
         if context is None:  # failed before reaching a handler: nothing to retry
-            return await super().handle_failure(app, channel, delivery, error, context, instant_retries)
+            return await super().handle_failure(failure)
         policy = self.policy_for(context.endpoint)
         if policy.retries(error):
-            if instant_retries < policy.instant_retries:
+            if failure.instant_retries < policy.instant_retries:
                 logger.warning(
                     "endpoint %s failed on message %s (%s); instant retry %d of %d",
-                    context.endpoint_id, context.message_id, error, instant_retries + 1,
+                    context.endpoint_id, context.message_id, error, failure.instant_retries + 1,
                     policy.instant_retries,
                 )  # fmt: skip
                 return RUN_AGAIN
             attempt = context.attempt
             if attempt < policy.max_attempts:
-                await self._retry_later(app, channel, delivery, policy, attempt, error)
+                await self._retry_later(failure, policy, attempt)
                 return RETRIED
-        return await self.dead_letter(app, channel, delivery, error, "failed")
+        return await self.dead_letter(failure, "failed")
 
     @staticmethod
-    async def _retry_later(
-        app: App, channel: Channel, delivery: Delivery, policy: RetryPolicy, attempt: int, error: Exception
-    ) -> None:
-        envelope = delivery.envelope
-        now = app.clock.now()
+    async def _retry_later(failure: Failure, policy: RetryPolicy, attempt: int) -> None:
+        envelope, error = failure.delivery.envelope, failure.error
+        now = failure.app.clock.now()
         delay = policy.backoff.delay(attempt)
         changes: dict[str, str | None] = {
             h.ATTEMPT: str(attempt + 1),
@@ -189,7 +177,7 @@ class RetryingFailurePolicy(DeadLetterFailurePolicy):
         }
         if h.FIRST_FAILED_AT not in envelope.headers:
             changes[h.FIRST_FAILED_AT] = f"{now:.6f}"
-        await channel.send([envelope.with_headers(changes)])
+        await failure.channel.send([envelope.with_headers(changes)])
         logger.warning(
             "endpoint %s failed on message %s (attempt %d of %d: %s: %s); retrying in %.1fs",
             envelope.endpoint, envelope.message_id, attempt, policy.max_attempts,
