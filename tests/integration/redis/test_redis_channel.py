@@ -122,6 +122,47 @@ async def test_a_receive_cancelled_while_claiming_gives_its_messages_back_at_onc
         assert await channel.depth() == 0
 
 
+async def test_a_receive_cancelled_while_waiting_in_the_server_ends_at_once_and_takes_nothing(
+    open_channel: OpenChannel,
+) -> None:
+    channel, other = await open_channel(), await open_channel()
+    waiting = asyncio.create_task(channel.receive(5, timeout=10.0))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+
+    assert time.monotonic() - started < 0.5
+    await other.send([message(1)])
+    received = await other.receive(5, timeout=1.0)
+    assert [number(d) for d in received] == [1]
+    assert received[0].delivery_count == 1  # no one claimed it before
+
+
+async def test_a_message_arriving_as_a_waiting_receive_is_cancelled_is_given_back_at_once(
+    open_channel: OpenChannel,
+) -> None:
+    channel, sender = await open_channel(lease_seconds=30.0), await open_channel()
+    for steps in range(6):
+        waiting = asyncio.create_task(channel.receive(5, timeout=5.0))
+        await asyncio.sleep(0.1)
+        await sender.send([message(steps)])
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            # Too late to cancel: the receive finished, and its caller gives the message back.
+            await channel.nack(await waiting)
+
+        received = await sender.receive(5, timeout=1.0)
+
+        assert [number(d) for d in received] == [steps]
+        await sender.ack(received)
+        assert await channel.depth() == 0
+
+
 async def test_closing_the_channel_ends_a_waiting_receive_at_once(open_channel: OpenChannel) -> None:
     channel = await open_channel()
     assert await channel.receive(1, timeout=0.2) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RETRYABLE_ERRORS", "Scripts", "open_client", "redact"]
+__all__ = ["RETRYABLE_ERRORS", "AfterPop", "Scripts", "open_client", "redact"]
 
 #: Errors after which the same call can be tried again on a fresh connection.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -69,12 +70,15 @@ class Scripts:
         self._idle: list[AbstractConnection] = []
         self._all: set[AbstractConnection] = set()
 
-    async def run(self, name: str, args: Sequence[bytes | str | int]) -> Any:
+    def _pack(self, name: str, args: Sequence[bytes | str | int]) -> bytes:
         parts = [b"*%d\r\n" % (self._head_size + len(args)), self._heads[name]]
         for arg in args:
             data = arg if isinstance(arg, bytes) else str(arg).encode()
             parts += (b"$%d\r\n" % len(data), data, b"\r\n")
-        command = b"".join(parts)
+        return b"".join(parts)
+
+    async def run(self, name: str, args: Sequence[bytes | str | int]) -> Any:
+        command = self._pack(name, args)
         try:
             return await self._call(command)
         except NoScriptError:
@@ -82,20 +86,74 @@ class Scripts:
             await self._client.script_load(self._sources[name])
             return await self._call(command)
 
-    async def _call(self, command: bytes) -> Any:
+    def _checkout(self) -> AbstractConnection:
         if self._idle:
-            connection = self._idle.pop()
-        else:
-            # redis-py leaves make_connection unannotated; it returns the pool's connection class.
-            connection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-            self._all.add(connection)
+            return self._idle.pop()
+        # redis-py leaves make_connection unannotated; it returns the pool's connection class.
+        connection: AbstractConnection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._all.add(connection)
+        return connection
+
+    async def _call(self, command: bytes) -> Any:
+        connection = self._checkout()
         try:
             await connection.send_packed_command(command, check_health=False)
             return await connection.read_response()
         finally:
             self._idle.append(connection)
 
+    def after_pop(self, key: str, timeout: float, name: str, args: Sequence[bytes | str | int]) -> AfterPop:
+        """Script `name`, run by the server once `BLPOP key timeout` returns; see `AfterPop`."""
+        return AfterPop(self, key, timeout, name, args)
+
     async def close(self) -> None:
         connections, self._all, self._idle = self._all, set(), []
         for connection in connections:
             await connection.disconnect()
+
+
+class AfterPop:
+    """`BLPOP key timeout`, then a script, written together on one connection.
+
+    The server blocks the connection in the pop and runs the script the moment the pop returns,
+    with no round trip between them: a receiver waiting this way gets its claim's reply as soon as a
+    wake-up token arrives. `interrupt()` ends the wait early; the script still runs, and `run`
+    returns its reply.
+    """
+
+    def __init__(
+        self, scripts: Scripts, key: str, timeout: float, name: str, args: Sequence[bytes | str | int]
+    ) -> None:
+        self._scripts = scripts
+        self._name, self._args = name, args
+        # CLIENT ID first: its reply comes at once and names the connection to unblock.
+        self._command = (
+            b"*2\r\n" + _bulk(b"CLIENT") + _bulk(b"ID")
+            + b"*3\r\n" + _bulk(b"BLPOP") + _bulk(key.encode()) + _bulk(repr(max(timeout, 0.001)).encode())
+            + scripts._pack(name, args)
+        )  # fmt: skip
+        self._client_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def run(self) -> Any:
+        """The script's reply, however the wait ended."""
+        scripts = self._scripts
+        connection = scripts._checkout()
+        try:
+            await connection.send_packed_command(self._command, check_health=False)
+            self._client_id.set_result(await connection.read_response())
+            await connection.read_response()  # the token, or nothing when the wait ended otherwise
+            try:
+                return await connection.read_response()
+            except NoScriptError:
+                await scripts._client.script_load(scripts._sources[self._name])
+                return await scripts._call(scripts._pack(self._name, self._args))
+        finally:
+            scripts._idle.append(connection)
+            if not self._client_id.done():
+                self._client_id.cancel()
+
+    async def interrupt(self) -> None:
+        """End the wait in the server now, if it still goes on."""
+        await asyncio.wait([self._client_id])
+        if not self._client_id.cancelled():
+            await self._scripts._client.client_unblock(self._client_id.result())

@@ -6,6 +6,8 @@ Layout of one channel (all keys share the `{name}` hash tag, so one script may t
 - `lanes`     zset  the priorities that have a non-empty lane, scored `-p` (highest first).
 - `delayed`   zset  messages not due yet, scored by due time (epoch seconds).
 - `leases`    zset  leased messages, scored by lease expiry (epoch seconds).
+- `wake`      list  at most one token, there while a waiting receiver should look again: pushed when
+                    messages become ready or a delayed one arrives, taken by the receiver it wakes.
 
 A message is stored as one self-contained *element* (see `_codec`), a msgpack array whose first field
 is a fixed-width count of earlier deliveries and whose second is the priority, so that a script can
@@ -29,6 +31,14 @@ _HELPERS = """
 local function priority_of(element)
   -- byte 7 is a msgpack fixstr header (0xa0 + length) before the priority's digits
   return string.sub(element, 8, 7 + string.byte(element, 7) - 160)
+end
+
+local function wake_one(wake_key)
+  -- One token, however many things changed: the receiver it wakes claims, and wakes the next one
+  -- while ready messages are left over.
+  if redis.call('LLEN', wake_key) == 0 then
+    redis.call('RPUSH', wake_key, '1')
+  end
 end
 
 local function make_ready(lane_prefix, lanes_key, element)
@@ -59,26 +69,27 @@ local function call_in_slices(command, key, values, option)
 end
 """
 
-#: KEYS: delayed, leases, lanes.
-#: ARGV: lane prefix, wake-up topic, framed (due time, element) pairs for the delayed set ('' for
-#: none), then per lane: priority, framed elements.
+#: KEYS: delayed, leases, lanes, wake.
+#: ARGV: lane prefix, framed (due time, element) pairs for the delayed set ('' for none), then per
+#: lane: priority, framed elements.
 SEND = (
     _HELPERS
     + """
-if ARGV[3] ~= '' then
-  call_in_slices('ZADD', KEYS[1], cmsgpack.unpack(ARGV[3]))
+if ARGV[2] ~= '' then
+  call_in_slices('ZADD', KEYS[1], cmsgpack.unpack(ARGV[2]))
 end
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local priority = ARGV[i]
   call_in_slices('RPUSH', ARGV[1] .. priority, cmsgpack.unpack(ARGV[i + 1]))
   redis.call('ZADD', KEYS[3], -tonumber(priority), priority)
 end
-redis.call('PUBLISH', ARGV[2], '')
+-- A delayed message wakes a receiver too: it may be due before what the receiver waits for.
+wake_one(KEYS[4])
 return 1
 """
 )
 
-#: KEYS: delayed, leases, lanes. ARGV: framed elements. Returns how many were still leased.
+#: KEYS: delayed, leases, lanes, wake. ARGV: framed elements. Returns how many were still leased.
 ACK = (
     _HELPERS
     + """
@@ -86,7 +97,7 @@ return call_in_slices('ZREM', KEYS[2], cmsgpack.unpack(ARGV[1]))
 """
 )
 
-#: KEYS: delayed, leases, lanes. ARGV: new lease expiry, framed elements.
+#: KEYS: delayed, leases, lanes, wake. ARGV: new lease expiry, framed elements.
 #: Only leases still held move (XX): one that ran out, maybe redelivered since, stays gone.
 EXTEND = (
     _HELPERS
@@ -100,15 +111,15 @@ return call_in_slices('ZADD', KEYS[2], scored, 'XX')
 """
 )
 
-#: KEYS: delayed, leases, lanes.
-#: ARGV: lane prefix, wake-up topic, now, lease expiry, max messages.
+#: KEYS: delayed, leases, lanes, wake.
+#: ARGV: lane prefix, now, lease expiry, max messages.
 #: Returns the claimed elements as one msgpack array, or, when nothing is ready, a one-item array
 #: reply holding the time the next delayed message or lease is due ('' when there is none).
 CLAIM = (
     _HELPERS
     + """
-local lane_prefix, now, lease_until = ARGV[1], ARGV[3], ARGV[4]
-local wanted = tonumber(ARGV[5])
+local lane_prefix, now, lease_until = ARGV[1], ARGV[2], ARGV[3]
+local wanted = tonumber(ARGV[4])
 
 -- Due delayed messages and expired leases become ready first, oldest first, so that a claim
 -- sees everything that is due before it picks by priority.
@@ -147,9 +158,11 @@ for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   end
 end
 
-if released > 0 and redis.call('EXISTS', KEYS[3]) == 1 then
-  -- Messages this claim made ready are left over: wake the other consumers for them.
-  redis.call('PUBLISH', ARGV[2], '')
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  -- Ready messages are left over: wake another receiver for them.
+  wake_one(KEYS[4])
+else
+  redis.call('DEL', KEYS[4])
 end
 
 if #claimed == 0 then
@@ -169,14 +182,14 @@ return struct.pack('>BI4', 221, #claimed) .. table.concat(claimed)
 """
 )
 
-#: KEYS: delayed, leases, lanes. ARGV: lane prefix, wake-up topic, due time ('' for now),
-#: framed elements. Returns how many were still leased (and are now waiting again).
+#: KEYS: delayed, leases, lanes, wake. ARGV: lane prefix, due time ('' for now), framed elements.
+#: Returns how many were still leased (and are now waiting again).
 NACK = (
     _HELPERS
     + """
 local members, delayed = {}, {}
-local due = ARGV[3]
-for _, element in ipairs(cmsgpack.unpack(ARGV[4])) do
+local due = ARGV[2]
+for _, element in ipairs(cmsgpack.unpack(ARGV[3])) do
   if redis.call('ZREM', KEYS[2], element) == 1 then
     members[#members + 1] = element
     element = delivered_once_more(element)
@@ -192,13 +205,13 @@ if #delayed > 0 then
   call_in_slices('ZADD', KEYS[1], delayed)
 end
 if #members > 0 then
-  redis.call('PUBLISH', ARGV[2], '')
+  wake_one(KEYS[4])
 end
 return #members
 """
 )
 
-#: KEYS: delayed, leases, lanes. ARGV: lane prefix.
+#: KEYS: delayed, leases, lanes, wake. ARGV: lane prefix.
 DEPTH = """
 local total = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
 for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
@@ -207,10 +220,10 @@ end
 return total
 """
 
-#: KEYS: delayed, leases, lanes. ARGV: lane prefix.
+#: KEYS: delayed, leases, lanes, wake. ARGV: lane prefix.
 PURGE = """
 for _, priority in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   redis.call('DEL', ARGV[1] .. priority)
 end
-return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 """

@@ -12,8 +12,11 @@ How messages move (see `_scripts` for the key layout and `_codec` for the stored
   `extend_lease` rescores the leases that are still held. Each is one script call per batch.
 - A consumer that dies keeps its leases until they expire; the next claim, by anyone, gives the
   messages out again with their delivery count raised.
-- Receivers waiting on an empty channel are woken by a publication on the channel's wake-up topic
-  or when the next delayed message or lease is due; they never poll in a tight loop.
+- A receiver waiting on an empty channel waits in the server: a blocking pop on the channel's
+  wake-up list, with the claim written right behind it, so that the server claims for it the moment
+  a wake-up token arrives and one reply brings the messages. Scripts push a token when messages
+  become ready or a delayed one arrives; a receiver also claims again when the next delayed message
+  or lease is due by the app's clock. Nothing polls in a tight loop.
 
 Times are epoch seconds from the app's clock, so producers and consumers need synchronised clocks
 (as they do for `tidings.deliver-at` anyway). Durability is the Redis server's configuration
@@ -26,6 +29,7 @@ messages leased until the lease runs out. Needs Redis 6.2 or later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -50,7 +54,6 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from ._driver import Scripts
-    from ._wakeup import Wakeups
 
 __all__ = ["RedisChannel"]
 
@@ -60,7 +63,8 @@ T = TypeVar("T")
 _RECONNECT_TIMEOUT: Final = 30.0
 _FIRST_BACKOFF: Final = 0.05
 _MAX_BACKOFF: Final = 1.0
-#: A waiting receiver claims again at least this often, in case a wake-up was lost in transit.
+#: A waiting receiver claims again at least this often, in case a wake-up token was lost (a server
+#: restarted without persistence, say).
 _LONGEST_WAIT: Final = 5.0
 #: Priorities are kept where a lane's score (a double) still tells them apart.
 _PRIORITY_LIMIT: Final = 2**53 - 1
@@ -96,14 +100,13 @@ class RedisChannel(Channel):
         self._leases_key = base + "leases"
         self._lanes_key = base + "lanes"
         self._lane_prefix = base + "lane:"
-        self._wakeup_topic = base + "wake"
-        self._keys = [self._delayed_key, self._leases_key, self._lanes_key]
+        self._wake_key = base + "wake"
+        self._keys = [self._delayed_key, self._leases_key, self._lanes_key, self._wake_key]
         # Element ids: unique per channel object, and across processes by the random part.
         self._uid_prefix = uuid.uuid4().hex[:16] + "-"
         self._uids = count()
         self._clock: Clock = SystemClock()
         self._client: Redis | None = None
-        self._wakeups: Wakeups | None = None
         self._scripts: Scripts | None = None
 
     def __repr__(self) -> str:
@@ -111,7 +114,6 @@ class RedisChannel(Channel):
 
     async def connect(self, environment: ChannelEnvironment) -> None:
         from . import _scripts
-        from ._wakeup import Wakeups
 
         self._clock = environment.clock
         client = self._driver.open_client(self.url)
@@ -127,13 +129,10 @@ class RedisChannel(Channel):
         self._client = client
         sources = {name: getattr(_scripts, name) for name in _scripts.__all__}
         self._scripts = self._driver.Scripts(client, sources, self._keys)
-        self._wakeups = Wakeups(client, self._wakeup_topic, self._clock)
 
     async def close(self) -> None:
-        client, wakeups, scripts = self._client, self._wakeups, self._scripts
-        self._client = self._wakeups = self._scripts = None  # first: waiting receivers see it when woken
-        if wakeups is not None:
-            await wakeups.close()
+        client, scripts = self._client, self._scripts
+        self._client = self._scripts = None  # first: waiting receivers see it when their wait ends
         if scripts is not None:
             await scripts.close()
         if client is not None:
@@ -199,7 +198,7 @@ class RedisChannel(Channel):
                 lanes[priority] = [element]
             else:
                 lane.append(element)
-        args: list[Any] = [self._lane_prefix, self._wakeup_topic, frame(delayed) if delayed else ""]
+        args: list[Any] = [self._lane_prefix, frame(delayed) if delayed else ""]
         for priority, elements in lanes.items():
             args += (priority, frame(elements))
         await self._run("SEND", args)
@@ -208,37 +207,59 @@ class RedisChannel(Channel):
         self._connected()
         if max_messages <= 0:
             return []
-        wakeups = self._wakeups
-        assert wakeups is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        lease_seconds = self.lease_seconds
-        prefix, topic = self._lane_prefix, self._wakeup_topic
-        subscribed = False
+        lease_seconds, prefix = self.lease_seconds, self._lane_prefix
+        due_in: float | None = None
+        wait = 0.0  # the first claim at once
         while True:
-            seen = wakeups.version
             now = self._clock.now()
-            args = [prefix, topic, repr(now), repr(now + lease_seconds), max_messages]
-            reply = await self._claim(args)
+            # A claim made after a wait leases from the end of the wait at the earliest.
+            args = [prefix, repr(now), repr(now + lease_seconds + wait), max_messages]
+            reply = await (self._claim_after_wait(args, wait, due_in) if wait else self._claim(args))
             if not isinstance(reply, list):
                 return decode_batch(reply)
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._client is None:  # timed out, or closed while waiting
                 return []
-            if not subscribed:
-                # Claim again once subscribed: a message sent before the subscription was
-                # confirmed would not wake us.
-                subscribed = await wakeups.subscribed(remaining)
-                continue
-            if wakeups.version != seen:
-                continue
-            due_in = float(reply[0]) - now if reply[0] else None
-            await wakeups.wait(min(remaining, _LONGEST_WAIT), due_in)
-            if self._client is None:
-                return []  # closed while waiting
+            due_in = float(reply[0]) - self._clock.now() if reply[0] else None
+            # Something due already (a claim after a wait used the time from before it): claim now.
+            wait = 0.0 if due_in is not None and due_in <= 0 else min(remaining, _LONGEST_WAIT)
 
     async def _claim(self, args: list[Any]) -> Any:
         return await finish_even_if_cancelled(self._run("CLAIM", args), self._give_back_claimed)
+
+    async def _claim_after_wait(self, args: list[Any], wait: float, due_in: float | None) -> Any:
+        """Claim once a wake-up token comes, `wait` seconds pass, or `due_in` seconds pass on the
+        app's clock (a test clock may move faster than the server's)."""
+        scripts = self._scripts
+        if scripts is None:
+            raise self._not_connected()
+        waiting = scripts.after_pop(self._wake_key, wait, "CLAIM", args)
+        claiming = asyncio.ensure_future(waiting.run())
+        due = None if due_in is None else asyncio.ensure_future(self._clock.sleep(due_in))
+        try:
+            if due is not None:
+                await asyncio.wait({claiming, due}, return_when=asyncio.FIRST_COMPLETED)
+                if not claiming.done():
+                    # If this fails, the wait ends by itself within `wait` seconds.
+                    with contextlib.suppress(*self._driver.RETRYABLE_ERRORS):
+                        await waiting.interrupt()
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopped while waiting in the server: end the wait there; the claim behind it still
+            # runs, and what it took goes straight back.
+            with contextlib.suppress(Exception):
+                await waiting.interrupt()
+                await self._give_back_claimed(await claiming)
+            raise
+        except self._driver.RETRYABLE_ERRORS:
+            if self._client is None:
+                return [""]  # closed while waiting
+            return await self._claim(args)  # the waiting connection was lost: claim on a fresh one
+        finally:
+            if due is not None:
+                due.cancel()
 
     async def _give_back_claimed(self, reply: Any) -> None:
         if not isinstance(reply, list):  # a list is the "nothing claimed" reply
@@ -254,7 +275,7 @@ class RedisChannel(Channel):
         if deliveries:
             due = repr(self._clock.now() + delay) if delay > 0 else ""
             receipts = frame_receipts(deliveries)
-            await self._run("NACK", [self._lane_prefix, self._wakeup_topic, due, receipts])
+            await self._run("NACK", [self._lane_prefix, due, receipts])
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
         self._connected()
