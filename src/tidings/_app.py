@@ -172,15 +172,13 @@ class App:
             raise ConfigurationError(
                 f"channel_retry_policies names channels the app does not declare: {sorted(unknown)}"
             )
-        resilience: list[Middleware] = [
-            TimeoutMiddleware(),
-            DeduplicationMiddleware(
-                self,
-                retention=deduplication_retention,
-                by_default=deduplicate,
-                in_transaction=self._in_transaction,
-            ),
-        ]
+        self._deduplication = DeduplicationMiddleware(
+            self,
+            retention=deduplication_retention,
+            by_default=deduplicate,
+            in_transaction=self._in_transaction,
+        )
+        resilience: list[Middleware] = [TimeoutMiddleware(), self._deduplication]
         #: What the consumer does with a failed handling: retries, then the dead letter.
         self.failure_policy: FailurePolicy = RetryingFailurePolicy(
             retry_policy or RetryPolicy(), channel_retry_policies or {}
@@ -354,6 +352,7 @@ class App:
 
     async def _close(self, channels: list[Channel], extensions: list[Extension]) -> None:
         await asyncio.gather(*(channel.close() for channel in channels), return_exceptions=True)
+        await self._deduplication.stop_purging()
         for store in (self.dead_letters.store, self.deduplication_store):
             close = getattr(store, "close", None)  # stores with a connection of their own
             if close is not None:

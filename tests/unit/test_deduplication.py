@@ -203,6 +203,43 @@ async def test_records_older_than_the_retention_window_are_purged() -> None:
         assert len(store._handled) == 1  # only the record of o-2 is left
 
 
+class SlowPurgeStore(InMemoryDeduplicationStore):
+    """Purges take as long as a big table's would: until the app stops them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.purge_started = asyncio.Event()
+        self.purge_cancelled = False
+
+    async def purge(self, older_than: float) -> int:
+        self.purge_started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.purge_cancelled = True
+            raise
+        return 0
+
+
+async def test_stopping_the_app_ends_a_purge_still_running_before_the_stores_close() -> None:
+    store = SlowPurgeStore()
+
+    @asynchronous("work")
+    @event_handler
+    async def ship(event: OrderPlaced) -> None:
+        pass
+
+    app = App("shop", handlers=[ship], channels=[InMemoryChannel("work")], deduplication_store=store)
+    async with app:
+        await app.events.publish(OrderPlaced("o-1"))
+        await app.run("work", stop_when_empty=True)
+        await asyncio.wait_for(store.purge_started.wait(), timeout=1.0)
+
+    assert store.purge_cancelled
+    purges = [task for task in asyncio.all_tasks() if "._purge" in task.get_coro().__qualname__]
+    assert purges == []
+
+
 async def test_a_handler_running_past_its_timeout_is_cancelled_and_retried() -> None:
     attempts: list[int] = []
 

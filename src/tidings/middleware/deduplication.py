@@ -221,6 +221,13 @@ class DeduplicationMiddleware(Middleware):
         self._next_purge = now + _PURGE_EVERY_SECONDS
         self._purging = asyncio.ensure_future(self._purge(store, now - self.retention))
 
+    async def stop_purging(self) -> None:
+        """Cut off a purge still running, before the store's connections close; the next one redoes it."""
+        purging, self._purging = self._purging, None
+        if purging is not None and not purging.done():
+            purging.cancel()
+            await asyncio.gather(purging, return_exceptions=True)
+
     @staticmethod
     async def _purge(store: DeduplicationStore, older_than: float) -> None:
         try:
