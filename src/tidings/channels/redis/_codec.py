@@ -9,9 +9,10 @@ An element is the msgpack array `[count, priority, uid, headers, body]`:
 - `headers` and `body` are the envelope, unchanged.
 
 The element is also the delivery's receipt: acking removes exactly that string from the leases.
-Batches of elements travel to scripts *framed*: as one msgpack array of raw strings (str32 headers
-around arbitrary bytes), which Redis's `cmsgpack.unpack` splits in C. A delivery's receipt is its
-element framed already, so that acks, nacks and extensions only join receipts.
+Batches of elements travel to the SEND script *framed*: as one msgpack array of raw strings (str32
+headers around arbitrary bytes), which Redis's `cmsgpack.unpack` splits in C. A delivery's receipt
+is its element as a RESP bulk string, ready to be an argument of a command, so that acks, nacks and
+extensions only join receipts.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import msgspec
 from tidings._message import Envelope
 from tidings.channels.base import Delivery
 
-__all__ = ["decode_batch", "encode_element", "frame", "frame_receipts"]
+__all__ = ["decode_batch", "encode_element", "frame", "join_receipts"]
 
 #: fixarray of 5, then the count of earlier deliveries as a fixed-width uint32 zero.
 _FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
@@ -49,16 +50,16 @@ def decode_batch(batch: bytes) -> list[Delivery]:
     is cheaper than decoding each slice on its own.
     """
     return [
-        Delivery(Envelope(body, headers), _head(0xDB, len(receipt)) + receipt, count + 1)
+        Delivery(Envelope(body, headers), b"$%d\r\n%b\r\n" % (len(receipt), receipt), count + 1)
         for receipt, (count, _, _, headers, body) in zip(
             _decode_receipts(batch), _decode_elements(batch), strict=True
         )
     ]
 
 
-def frame_receipts(deliveries: Sequence[Delivery]) -> bytes:
-    """The deliveries' elements as one framed argument (see `frame`)."""
-    return _head(0xDD, len(deliveries)) + b"".join([delivery.receipt for delivery in deliveries])
+def join_receipts(deliveries: Sequence[Delivery]) -> bytes:
+    """The deliveries' elements as RESP bulk strings: arguments of one command, in a row."""
+    return b"".join([delivery.receipt for delivery in deliveries])
 
 
 def frame(values: Sequence[bytes | str]) -> bytes:

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RETRYABLE_ERRORS", "AfterPop", "Scripts", "open_client", "redact"]
+__all__ = ["RETRYABLE_ERRORS", "AfterPop", "Scripts", "bulk", "open_client", "redact"]
 
 #: Errors after which the same call can be tried again on a fresh connection.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -43,8 +43,11 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _bulk(data: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(data), data)
+def bulk(data: bytes | str) -> bytes:
+    """`data` as a RESP bulk string: one argument of a command."""
+    if isinstance(data, str):
+        data = data.encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 class Scripts:
@@ -61,30 +64,43 @@ class Scripts:
     def __init__(self, client: Redis, sources: Mapping[str, str], keys: Sequence[str]) -> None:
         self._client = client
         self._sources = dict(sources)
-        fixed = _bulk(str(len(keys)).encode()) + b"".join(_bulk(key.encode()) for key in keys)
+        fixed = bulk(str(len(keys)).encode()) + b"".join(bulk(key.encode()) for key in keys)
         self._heads = {
-            name: _bulk(b"EVALSHA") + _bulk(hashlib.sha1(source.encode()).hexdigest().encode()) + fixed
+            name: bulk(b"EVALSHA") + bulk(hashlib.sha1(source.encode()).hexdigest().encode()) + fixed
             for name, source in sources.items()
         }
         self._head_size = 3 + len(keys)
         self._idle: list[AbstractConnection] = []
         self._all: set[AbstractConnection] = set()
 
-    def _pack(self, name: str, args: Sequence[bytes | str | int]) -> bytes:
-        parts = [b"*%d\r\n" % (self._head_size + len(args)), self._heads[name]]
+    def _pack(
+        self, name: str, args: Sequence[bytes | str | int], bulks: bytes = b"", bulk_count: int = 0
+    ) -> bytes:
+        parts = [b"*%d\r\n" % (self._head_size + len(args) + bulk_count), self._heads[name]]
         for arg in args:
             data = arg if isinstance(arg, bytes) else str(arg).encode()
             parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        parts.append(bulks)
         return b"".join(parts)
 
-    async def run(self, name: str, args: Sequence[bytes | str | int]) -> Any:
-        command = self._pack(name, args)
+    async def run(
+        self, name: str, args: Sequence[bytes | str | int], bulks: bytes = b"", bulk_count: int = 0
+    ) -> Any:
+        """Run script `name` with `args`, then `bulk_count` more arguments already packed as RESP
+        bulk strings in `bulks`."""
+        command = self._pack(name, args, bulks, bulk_count)
         try:
             return await self._call(command)
         except NoScriptError:
             # A server that restarted, or flushed its scripts: load it, then the same call again.
             await self._client.script_load(self._sources[name])
             return await self._call(command)
+
+    async def command(self, head: Sequence[str], bulks: bytes, bulk_count: int) -> Any:
+        """A plain command: `head` (its name and first arguments), then `bulk_count` arguments
+        already packed as RESP bulk strings in `bulks`."""
+        packed = b"".join([b"*%d\r\n" % (len(head) + bulk_count), *(bulk(part) for part in head), bulks])
+        return await self._call(packed)
 
     def _checkout(self) -> AbstractConnection:
         if self._idle:
@@ -128,8 +144,8 @@ class AfterPop:
         self._name, self._args = name, args
         # CLIENT ID first: its reply comes at once and names the connection to unblock.
         self._command = (
-            b"*2\r\n" + _bulk(b"CLIENT") + _bulk(b"ID")
-            + b"*3\r\n" + _bulk(b"BLPOP") + _bulk(key.encode()) + _bulk(repr(max(timeout, 0.001)).encode())
+            b"*2\r\n" + bulk(b"CLIENT") + bulk(b"ID")
+            + b"*3\r\n" + bulk(b"BLPOP") + bulk(key.encode()) + bulk(repr(max(timeout, 0.001)).encode())
             + scripts._pack(name, args)
         )  # fmt: skip
         self._client_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()

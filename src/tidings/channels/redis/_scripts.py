@@ -17,15 +17,18 @@ from `leases` (a plain ZREM), and a lease that runs out (or a nack) puts it back
 raised. An ack, nack or extension from a consumer whose lease already ran out finds no member, so it
 changes nothing: the message went to someone else with a higher count.
 
-Batches cross the wire as one argument or one reply, never one argument per message (redis-py
-packs many arguments slowly): scripts receive elements *framed* as a msgpack array of raw strings,
-which `cmsgpack.unpack` splits in C, and return a batch as a msgpack array header followed by the
-elements, which the client decodes in one call. Elements pass through whole.
+A batch sent goes to its script as one argument, *framed* as a msgpack array of raw strings, which
+`cmsgpack.unpack` splits in C; a claimed batch comes back as a msgpack array header followed by the
+elements, which the client decodes in one call. Acks and lease extensions need no script: they are
+plain `ZREM` and `ZADD XX` commands on the leases, with each element an argument of its own,
+written by the channel as it came (see `_codec`); a nack takes its elements the same way. Moving an
+element between Redis and Lua costs the server about a microsecond, so only what needs atomicity
+goes through Lua.
 """
 
 from __future__ import annotations
 
-__all__ = ["ACK", "CLAIM", "DEPTH", "EXTEND", "NACK", "PURGE", "SEND"]
+__all__ = ["CLAIM", "DEPTH", "NACK", "PURGE", "SEND"]
 
 _HELPERS = """
 local function priority_of(element)
@@ -86,28 +89,6 @@ end
 -- A delayed message wakes a receiver too: it may be due before what the receiver waits for.
 wake_one(KEYS[4])
 return 1
-"""
-)
-
-#: KEYS: delayed, leases, lanes, wake. ARGV: framed elements. Returns how many were still leased.
-ACK = (
-    _HELPERS
-    + """
-return call_in_slices('ZREM', KEYS[2], cmsgpack.unpack(ARGV[1]))
-"""
-)
-
-#: KEYS: delayed, leases, lanes, wake. ARGV: new lease expiry, framed elements.
-#: Only leases still held move (XX): one that ran out, maybe redelivered since, stays gone.
-EXTEND = (
-    _HELPERS
-    + """
-local scored = {}
-for _, element in ipairs(cmsgpack.unpack(ARGV[2])) do
-  scored[#scored + 1] = ARGV[1]
-  scored[#scored + 1] = element
-end
-return call_in_slices('ZADD', KEYS[2], scored, 'XX')
 """
 )
 
@@ -182,14 +163,15 @@ return struct.pack('>BI4', 221, #claimed) .. table.concat(claimed)
 """
 )
 
-#: KEYS: delayed, leases, lanes, wake. ARGV: lane prefix, due time ('' for now), framed elements.
-#: Returns how many were still leased (and are now waiting again).
+#: KEYS: delayed, leases, lanes, wake. ARGV: lane prefix, due time ('' for now), then the elements,
+#: one argument each. Returns how many were still leased (and are now waiting again).
 NACK = (
     _HELPERS
     + """
 local members, delayed = {}, {}
 local due = ARGV[2]
-for _, element in ipairs(cmsgpack.unpack(ARGV[3])) do
+for i = 3, #ARGV do
+  local element = ARGV[i]
   if redis.call('ZREM', KEYS[2], element) == 1 then
     members[#members + 1] = element
     element = delivered_once_more(element)

@@ -48,7 +48,7 @@ from tidings.channels.base import (
 )
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
-from ._codec import decode_batch, encode_element, frame, frame_receipts
+from ._codec import decode_batch, encode_element, frame, join_receipts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -146,15 +146,29 @@ class RedisChannel(Channel):
     def _not_connected(self) -> RuntimeError:
         return RuntimeError(f"{self!r} is not connected; call connect() first")
 
-    async def _run(self, script: str, args: list[Any]) -> Any:
-        """Run one of the channel's scripts, riding out a lost connection."""
-        scripts = self._scripts
-        if scripts is None:
+    def _connected_scripts(self) -> Scripts:
+        if self._scripts is None:
             raise self._not_connected()
+        return self._scripts
+
+    async def _run(self, script: str, args: list[Any], receipts: Sequence[Delivery] = ()) -> Any:
+        """Run one of the channel's scripts, the deliveries' receipts as its last arguments."""
+        operation = partial(
+            self._connected_scripts().run, script, args, join_receipts(receipts), len(receipts)
+        )
+        return await self._riding_out(operation)
+
+    async def _on_leases(self, command: str, options: list[str], arguments: bytes, count: int) -> Any:
+        """A plain command on the leases, with `count` packed arguments after its options."""
+        head = [command, self._leases_key, *options]
+        return await self._riding_out(partial(self._connected_scripts().command, head, arguments, count))
+
+    async def _riding_out(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run an operation, and again while a lost connection is being restored."""
         try:
-            return await scripts.run(script, args)
+            return await operation()
         except self._driver.RETRYABLE_ERRORS:
-            return await self._retrying(partial(scripts.run, script, args))
+            return await self._retrying(operation)
 
     async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run an operation, retrying it with backoff while the connection is being restored."""
@@ -232,10 +246,7 @@ class RedisChannel(Channel):
     async def _claim_after_wait(self, args: list[Any], wait: float, due_in: float | None) -> Any:
         """Claim once a wake-up token comes, `wait` seconds pass, or `due_in` seconds pass on the
         app's clock (a test clock may move faster than the server's)."""
-        scripts = self._scripts
-        if scripts is None:
-            raise self._not_connected()
-        waiting = scripts.after_pop(self._wake_key, wait, "CLAIM", args)
+        waiting = self._connected_scripts().after_pop(self._wake_key, wait, "CLAIM", args)
         claiming = asyncio.ensure_future(waiting.run())
         due = None if due_in is None else asyncio.ensure_future(self._clock.sleep(due_in))
         try:
@@ -268,20 +279,21 @@ class RedisChannel(Channel):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._connected()
         if deliveries:
-            await self._run("ACK", [frame_receipts(deliveries)])
+            await self._on_leases("ZREM", [], join_receipts(deliveries), len(deliveries))
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         self._connected()
         if deliveries:
             due = repr(self._clock.now() + delay) if delay > 0 else ""
-            receipts = frame_receipts(deliveries)
-            await self._run("NACK", [self._lane_prefix, due, receipts])
+            await self._run("NACK", [self._lane_prefix, due], deliveries)
 
     async def extend_lease(self, deliveries: Sequence[Delivery], seconds: float) -> None:
         self._connected()
         if deliveries:
-            until = repr(self._clock.now() + seconds)
-            await self._run("EXTEND", [until, frame_receipts(deliveries)])
+            # Only leases still held move (XX): one that ran out, maybe redelivered since, stays gone.
+            until = self._driver.bulk(repr(self._clock.now() + seconds))
+            scored = b"".join([until + delivery.receipt for delivery in deliveries])
+            await self._on_leases("ZADD", ["XX"], scored, 2 * len(deliveries))
 
     async def purge(self) -> None:
         self._connected()
