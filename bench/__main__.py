@@ -29,7 +29,7 @@ from bench.suite.report import (
     rows_of,
     tidings_summary,
 )
-from bench.suite.runner import ROOT, Described, Round, Workload, describe, run_round
+from bench.suite.runner import QUIET_PERCENT, ROOT, Described, Round, Workload, describe, run_round
 from bench.suite.systems import SYSTEMS, System
 
 
@@ -171,7 +171,9 @@ def _section(
         "",
         f"- **enqueue**: {options.messages:,} small messages (a number and a send stamp), the producer's "
         "clock running from the first send to the last one its API returned from;",
-        f"- **drain**: then the worker starts on those {options.messages:,} already-enqueued messages; the "
+        f"- **drain**: then, once the machine's CPUs were at most {QUIET_PERCENT:g} % busy over 0.3 s (at "
+        "most 10 s later, so that what the previous system left running does not land on this drain), "
+        f"the worker starts on those {options.messages:,} already-enqueued messages; the "
         "rate runs from the first message handled to the last (worker start-up not counted); the trivial "
         "handler counts into memory, and a thread of the handling process writes the counts to a file every "
         "20 ms (the same probe in every system); a drain still running after "

@@ -4,8 +4,9 @@ A system's round, each step in a process of its own:
 
 1. `drive enqueue N`: the producer sends N messages (its clock runs from the first send to the last
    one acknowledged by its API); nothing consumes them yet.
-2. The system's own worker command starts. The drain rate is N over the time from the first message
-   handled to the last (so worker start-up does not count); the handler's probe files tell.
+2. Once the machine is quiet (see `wait_for_quiet`), the system's own worker command starts. The
+   drain rate is N over the time from the first message handled to the last (so worker start-up
+   does not count); the handler's probe files tell.
 3. `drive pace M RATE`: the producer sends M stamped messages at a steady RATE to the running worker;
    the handler keeps `now - sent` for each; p50 and p99 come from those.
 4. The worker gets SIGTERM (SIGKILL after 20 s); peak RSS is the highest sum of the RSS of its process
@@ -34,6 +35,12 @@ from bench.suite.systems import System
 ROOT = Path(__file__).resolve().parents[2]
 _STOP_GRACE = 20.0
 _TOKEN = "TOKEN"
+#: A drain starts once the machine's CPUs were at most this busy over one sample, or after the
+#: longest wait: what the previous system left running (a broker still deleting its queue, say)
+#: would otherwise land on this one's drain, and on a system using two processes more than on one.
+QUIET_PERCENT = 15.0
+_QUIET_SAMPLE = 0.3
+_QUIET_LONGEST_WAIT = 10.0
 
 
 class RoundFailed(Exception):
@@ -100,6 +107,15 @@ class _Sampler:
                     total += process.memory_info().rss
             self.peak = max(self.peak, total)
             self.stop.wait(0.1)
+
+
+def wait_for_quiet() -> float:
+    """Wait until the machine is quiet (see `QUIET_PERCENT`); the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < _QUIET_LONGEST_WAIT:
+        if psutil.cpu_percent(interval=_QUIET_SAMPLE) <= QUIET_PERCENT:
+            break
+    return time.monotonic() - started
 
 
 def _environment(system: System, token: str, probe_dir: Path) -> dict[str, str]:
@@ -240,6 +256,7 @@ def run_round(system: System, described: Described, workload: Workload, workdir:
     try:
         sent = drive(system, env, "enqueue", str(count), timeout=60 + count / 20)
         result.enqueue = count / float(sent["seconds"])  # type: ignore[arg-type]
+        wait_for_quiet()
         with open(log, "wb") as output:
             worker = subprocess.Popen(
                 [part.replace(_TOKEN, token) for part in described.worker],
