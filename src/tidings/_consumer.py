@@ -75,6 +75,7 @@ class ConsumerStats:
     dead_lettered: int = 0
     #: Messages skipped because their endpoint had already handled them.
     duplicates: int = 0
+    #: Handlings that raised (every attempt counts) and messages that failed before a handler.
     failed: int = 0
     expired: int = 0
     relayed: int = 0

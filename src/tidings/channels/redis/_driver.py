@@ -13,7 +13,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["RETRYABLE_ERRORS", "AfterPop", "Scripts", "bulk", "open_client", "redact"]
@@ -51,7 +51,7 @@ def bulk(data: bytes | str) -> bytes:
 
 
 class Scripts:
-    """Runs a channel's Lua scripts by their SHA, on connections of its own.
+    """Runs a channel's Lua scripts by their SHA, and its plain commands, on connections of its own.
 
     redis-py's command path (a pool checkout with its observability hooks, a retry wrapper, packing
     argument by argument) costs about 1,800 bytecodes a call. These calls have a fixed head
@@ -64,9 +64,9 @@ class Scripts:
     def __init__(self, client: Redis, sources: Mapping[str, str], keys: Sequence[str]) -> None:
         self._client = client
         self._sources = dict(sources)
-        fixed = bulk(str(len(keys)).encode()) + b"".join(bulk(key.encode()) for key in keys)
+        fixed = bulk(str(len(keys))) + b"".join(bulk(key) for key in keys)
         self._heads = {
-            name: bulk(b"EVALSHA") + bulk(hashlib.sha1(source.encode()).hexdigest().encode()) + fixed
+            name: bulk(b"EVALSHA") + bulk(hashlib.sha1(source.encode()).hexdigest()) + fixed
             for name, source in sources.items()
         }
         self._head_size = 3 + len(keys)
@@ -145,7 +145,7 @@ class AfterPop:
         # CLIENT ID first: its reply comes at once and names the connection to unblock.
         self._command = (
             b"*2\r\n" + bulk(b"CLIENT") + bulk(b"ID")
-            + b"*3\r\n" + bulk(b"BLPOP") + bulk(key.encode()) + bulk(repr(max(timeout, 0.001)).encode())
+            + b"*3\r\n" + bulk(b"BLPOP") + bulk(key) + bulk(repr(max(timeout, 0.001)))
             + scripts._pack(name, args)
         )  # fmt: skip
         self._client_id: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -157,7 +157,11 @@ class AfterPop:
         try:
             await connection.send_packed_command(self._command, check_health=False)
             self._client_id.set_result(await connection.read_response())
-            await connection.read_response()  # the token, or nothing when the wait ended otherwise
+            try:
+                await connection.read_response()  # the token, or nothing when the wait ended otherwise
+            except ResponseError:
+                await connection.disconnect()  # the script's reply would still be on the wire
+                raise
             try:
                 return await connection.read_response()
             except NoScriptError:

@@ -9,7 +9,8 @@ How messages move (see `_scripts` for the key layout and `_codec` for the stored
   the `leases` sorted set scored by its lease expiry. The batch is one atomic round trip, so any
   number of consumers never share a lease and never lose a message between them.
 - `ack` removes the batch from `leases`; `nack` moves it back to its lanes or to the delayed set;
-  `extend_lease` rescores the leases that are still held. Each is one script call per batch.
+  `extend_lease` rescores the leases that are still held. Each is one call per batch: plain `ZREM`
+  and `ZADD XX` for acks and extensions, a script for nacks.
 - A consumer that dies keeps its leases until they expire; the next claim, by anyone, gives the
   messages out again with their delivery count raised.
 - A receiver waiting on an empty channel waits in the server: a blocking pop on the channel's
@@ -151,10 +152,10 @@ class RedisChannel(Channel):
             raise self._not_connected()
         return self._scripts
 
-    async def _run(self, script: str, args: list[Any], receipts: Sequence[Delivery] = ()) -> Any:
+    async def _run(self, script: str, args: list[Any], deliveries: Sequence[Delivery] = ()) -> Any:
         """Run one of the channel's scripts, the deliveries' receipts as its last arguments."""
         operation = partial(
-            self._connected_scripts().run, script, args, join_receipts(receipts), len(receipts)
+            self._connected_scripts().run, script, args, join_receipts(deliveries), len(deliveries)
         )
         return await self._riding_out(operation)
 
