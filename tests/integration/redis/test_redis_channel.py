@@ -101,19 +101,23 @@ async def test_a_consumer_whose_lease_ran_out_can_neither_ack_nor_nack_the_redel
     assert await fast.depth() == 0
 
 
+async def cancel_after(steps: int, receiving: asyncio.Task[list[Delivery]], channel: RedisChannel) -> None:
+    """Cancel a receive after `steps` turns of the loop."""
+    for _ in range(steps):
+        await asyncio.sleep(0)
+    receiving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        # Too late to cancel: the receive finished, and its caller gives the messages back.
+        await channel.nack(await receiving)
+
+
 async def test_a_receive_cancelled_while_claiming_gives_its_messages_back_at_once(
     open_channel: OpenChannel,
 ) -> None:
     channel = await open_channel(lease_seconds=30.0)
     for steps in range(8):
         await channel.send([message(n) for n in range(5)])
-        receiving = asyncio.create_task(channel.receive(5, timeout=1.0))
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        receiving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            # Too late to cancel: the receive finished, and its caller gives the messages back.
-            await channel.nack(await receiving)
+        await cancel_after(steps, asyncio.create_task(channel.receive(5, timeout=1.0)), channel)
 
         received = await channel.receive(5, timeout=1.0)
 
@@ -149,12 +153,7 @@ async def test_a_message_arriving_as_a_waiting_receive_is_cancelled_is_given_bac
         waiting = asyncio.create_task(channel.receive(5, timeout=5.0))
         await asyncio.sleep(0.1)
         await sender.send([message(steps)])
-        for _ in range(steps):
-            await asyncio.sleep(0)
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            # Too late to cancel: the receive finished, and its caller gives the message back.
-            await channel.nack(await waiting)
+        await cancel_after(steps, waiting, channel)
 
         received = await sender.receive(5, timeout=1.0)
 
