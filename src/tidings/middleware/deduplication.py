@@ -123,7 +123,7 @@ def _key(rule: _Deduplication, context: MessageContext) -> str | None:
         return context.headers.get(rule.header)
     if rule.key is not None:
         return str(rule.key(context.message))
-    return context.message_id or None
+    return _message_id(context)
 
 
 def _skip(context: MessageContext, tracking: str, key: str) -> None:
