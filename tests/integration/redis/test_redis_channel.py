@@ -101,6 +101,30 @@ async def test_a_consumer_whose_lease_ran_out_can_neither_ack_nor_nack_the_redel
     assert await fast.depth() == 0
 
 
+async def test_once_every_message_is_acked_the_channel_leaves_no_key_behind(
+    open_channel: OpenChannel, redis_url: str, key_prefix: str
+) -> None:
+    from redis.asyncio import Redis
+
+    channel = await open_channel(lease_seconds=0.3)
+    due_soon = message(3, **{h.DELIVER_AT: repr(time.time() + 0.2)})
+    await channel.send([message(n) for n in range(3)] + [due_soon])
+    first = await channel.receive(3, timeout=1.0)
+    await channel.nack(first[:1])  # back to its lane under a new name
+    await asyncio.sleep(0.4)  # the other two leases run out, the delayed message becomes due
+
+    again = await channel.receive(10, timeout=1.0)
+    await channel.ack(again)
+
+    assert sorted(number(d) for d in again) == [0, 1, 2, 3]
+    assert sorted(d.delivery_count for d in again) == [1, 2, 2, 2]
+    client = Redis.from_url(redis_url)
+    try:
+        assert [key async for key in client.scan_iter(match=f"{key_prefix}:*")] == []
+    finally:
+        await client.aclose()
+
+
 async def cancel_after(steps: int, receiving: asyncio.Task[list[Delivery]], channel: RedisChannel) -> None:
     """Cancel a receive after `steps` turns of the loop."""
     for _ in range(steps):

@@ -1,18 +1,25 @@
-"""How a message is stored in Redis: one msgpack *element* per message.
+"""How a message is stored in Redis: a short *member* that names it, and its *payload* in a hash.
 
-An element is the msgpack array `[count, priority, uid, headers, body]`:
+A member is `count | priority "|" uid`:
 
-- `count` (deliveries so far) is always a 32-bit unsigned int (`0xce` + 4 bytes) at bytes 2-6,
-  so that a Lua script can raise it in place;
-- `priority` is the decimal string of the lane (a msgpack fixstr at byte 7), readable by scripts;
-- `uid` makes every element unique, so two identical envelopes never share a lease;
-- `headers` and `body` are the envelope, unchanged.
+- `count`, the deliveries so far, is a big-endian uint32 (4 bytes), so that a script can raise it
+  in place;
+- `priority` is the decimal string of the message's lane, read by a script that puts the message
+  back in its lane;
+- `uid` makes every member unique, so two identical envelopes never share a lease.
 
-The element is also the delivery's receipt: acking removes exactly that string from the leases.
-Batches of elements travel to the SEND script *framed*: as one msgpack array of raw strings (str32
-headers around arbitrary bytes), which Redis's `cmsgpack.unpack` splits in C. A delivery's receipt
-is its element as a RESP bulk string, ready to be an argument of a command, so that acks, nacks and
-extensions only join receipts.
+Lanes, the delayed set and the leases hold members, and the `bodies` hash maps each member to the
+message's entry in a claim's reply, stored ready-made: the msgpack array `[count, receipt, headers,
+body]`, the receipt being the member as a RESP bulk string. Scripts move only members, a few dozen
+bytes each; a claim reads the entries and returns them as they are, and the ack deletes them. A
+message delivered again (its lease ran out, or it was nacked) gets a new member with its count
+raised, and its entry, rewritten for it, moves to that field: an ack, nack or extension from a
+consumer whose lease ran out names the old member and finds nothing, so it changes nothing.
+
+Batches sent go to their script *framed*: one msgpack array of raw strings per argument, which
+Redis's `cmsgpack.unpack` splits in C. A claim replies with a msgpack array header followed by the
+entries, so that the client decodes a whole batch in one call, and acks, nacks and extensions only
+join receipts.
 """
 
 from __future__ import annotations
@@ -25,40 +32,42 @@ import msgspec
 from tidings._message import Envelope
 from tidings.channels.base import Delivery
 
-__all__ = ["decode_batch", "encode_element", "frame", "join_receipts"]
+__all__ = ["decode_batch", "entry", "frame", "join_receipts", "new_member"]
 
-#: fixarray of 5, then the count of earlier deliveries as a fixed-width uint32 zero.
-_FRESH_HEAD = b"\x95\xce\x00\x00\x00\x00"
+#: The count of a member never delivered.
+_NEVER_DELIVERED = b"\x00\x00\x00\x00"
+#: fixarray of 4, a uint32 zero (the count), then the type byte of a bin8 (the receipt).
+_FRESH_ENTRY_HEAD = b"\x94\xce" + _NEVER_DELIVERED + b"\xc4"
 
 _encode = msgspec.msgpack.Encoder().encode
-_decode_receipts = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
-_decode_elements = msgspec.msgpack.Decoder(list[tuple[int, str, str, dict[str, str], bytes]]).decode
+_decode_claimed = msgspec.msgpack.Decoder(list[tuple[int, bytes, dict[str, str], bytes]]).decode
 #: A msgpack type byte and a 32-bit length: the head of an array32 (0xdd) or of a str32 (0xdb).
 _head = struct.Struct(">BI").pack
 
 
-def encode_element(priority: str, uid: str, envelope: Envelope) -> bytes:
-    """A never-delivered element; `priority` is a decimal string of at most 31 characters."""
-    # The tuple encodes as fixarray(4) + fields: drop its header and put ours in front.
-    return _FRESH_HEAD + _encode((priority, uid, envelope.headers, envelope.body))[1:]
+def new_member(priority: str, uid: str) -> bytes:
+    """The member of a message never delivered; `priority` is a decimal string."""
+    return _NEVER_DELIVERED + f"{priority}|{uid}".encode()
+
+
+def entry(member: bytes, envelope: Envelope) -> bytes:
+    """The claim-reply entry of a message never delivered: `[0, receipt, headers, body]`."""
+    receipt = b"$%d\r\n%b\r\n" % (len(member), member)
+    # The tuple encodes as fixarray(2) + its fields: the fields alone follow the receipt.
+    fields = _encode((envelope.headers, envelope.body))[1:]
+    return _FRESH_ENTRY_HEAD + bytes((len(receipt),)) + receipt + fields
 
 
 def decode_batch(batch: bytes) -> list[Delivery]:
-    """Deliveries from a claim script's reply: a msgpack array of elements.
-
-    Decoded twice in C, once whole and once element by element as raw slices (the receipts), which
-    is cheaper than decoding each slice on its own.
-    """
+    """Deliveries from a claim script's reply: a msgpack array of `[count, receipt, headers, body]`."""
     return [
-        Delivery(Envelope(body, headers), b"$%d\r\n%b\r\n" % (len(receipt), receipt), count + 1)
-        for receipt, (count, _, _, headers, body) in zip(
-            _decode_receipts(batch), _decode_elements(batch), strict=True
-        )
+        Delivery(Envelope(body, headers), receipt, count + 1)
+        for count, receipt, headers, body in _decode_claimed(batch)
     ]
 
 
 def join_receipts(deliveries: Sequence[Delivery]) -> bytes:
-    """The deliveries' elements as RESP bulk strings: arguments of one command, in a row."""
+    """The deliveries' members as RESP bulk strings: arguments of one command, in a row."""
     return b"".join([delivery.receipt for delivery in deliveries])
 
 

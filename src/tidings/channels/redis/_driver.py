@@ -96,11 +96,15 @@ class Scripts:
             await self._client.script_load(self._sources[name])
             return await self._call(command)
 
-    async def command(self, head: Sequence[str], bulks: bytes, bulk_count: int) -> Any:
-        """A plain command: `head` (its name and first arguments), then `bulk_count` arguments
-        already packed as RESP bulk strings in `bulks`."""
-        packed = b"".join([b"*%d\r\n" % (len(head) + bulk_count), *(bulk(part) for part in head), bulks])
-        return await self._call(packed)
+    async def commands(self, heads: Sequence[Sequence[str]], bulks: bytes, bulk_count: int) -> Any:
+        """Plain commands written together, each `head` (a command's name and first arguments)
+        followed by the same `bulk_count` arguments, already packed as RESP bulk strings in `bulks`;
+        the last one's reply."""
+        packed = b"".join(
+            b"".join([b"*%d\r\n" % (len(head) + bulk_count), *(bulk(part) for part in head), bulks])
+            for head in heads
+        )
+        return await self._call(packed, len(heads))
 
     def _checkout(self) -> AbstractConnection:
         if self._idle:
@@ -110,11 +114,20 @@ class Scripts:
         self._all.add(connection)
         return connection
 
-    async def _call(self, command: bytes) -> Any:
+    async def _call(self, command: bytes, replies: int = 1) -> Any:
+        """Write `command` (one or more packed commands) and read their `replies`; the last one."""
         connection = self._checkout()
         try:
             await connection.send_packed_command(command, check_health=False)
-            return await connection.read_response()
+            failed: ResponseError | None = None
+            for _ in range(replies):
+                try:
+                    reply = await connection.read_response()
+                except ResponseError as error:  # read whole: what follows stays in step
+                    failed = failed or error
+            if failed is not None:
+                raise failed
+            return reply
         finally:
             self._idle.append(connection)
 

@@ -1,16 +1,18 @@
 """A queue channel on Redis: priority lanes, a sorted set for delays, leases with crash recovery.
 
-How messages move (see `_scripts` for the key layout and `_codec` for the stored element):
+How messages move (see `_scripts` for the key layout and `_codec` for how a message is stored):
 
-- `send` appends each message to the list of its priority (its *lane*), or, when it is not due
-  yet, adds it to the `delayed` sorted set scored by its due time: one script call per batch.
+- `send` stores each message in the `bodies` hash under a short *member* naming it, and
+  appends the member to the list of its priority (its *lane*), or, when it is not due yet, adds it
+  to the `delayed` sorted set scored by its due time: one script call per batch.
 - `receive` runs one script that first moves due delayed messages and expired leases to their
   lanes, then pops up to `max_messages` from the lanes, highest priority first, and records each in
   the `leases` sorted set scored by its lease expiry. The batch is one atomic round trip, so any
   number of consumers never share a lease and never lose a message between them.
-- `ack` removes the batch from `leases`; `nack` moves it back to its lanes or to the delayed set;
-  `extend_lease` rescores the leases that are still held. Each is one call per batch: plain `ZREM`
-  and `ZADD XX` for acks and extensions, a script for nacks.
+- `ack` removes the batch from `leases` and its entries from `bodies`; `nack` moves it back to its
+  lanes or to the delayed set; `extend_lease` rescores the leases that are still held. Each is one
+  call per batch: plain `HDEL` and `ZREM` written together for acks, a script for nacks, a plain
+  `ZADD XX` for extensions.
 - A consumer that dies keeps its leases until they expire; the next claim, by anyone, gives the
   messages out again with their delivery count raised.
 - A receiver waiting on an empty channel waits in the server: a blocking pop on the channel's
@@ -49,7 +51,7 @@ from tidings.channels.base import (
 )
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
-from ._codec import decode_batch, encode_element, frame, join_receipts
+from ._codec import decode_batch, entry, frame, join_receipts, new_member
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -102,8 +104,9 @@ class RedisChannel(Channel):
         self._lanes_key = base + "lanes"
         self._lane_prefix = base + "lane:"
         self._wake_key = base + "wake"
-        self._keys = [self._delayed_key, self._leases_key, self._lanes_key, self._wake_key]
-        # Element ids: unique per channel object, and across processes by the random part.
+        self._bodies_key = base + "bodies"
+        self._keys = [self._delayed_key, self._leases_key, self._lanes_key, self._wake_key, self._bodies_key]
+        # Member ids: unique per channel object, and across processes by the random part.
         self._uid_prefix = uuid.uuid4().hex[:16] + "-"
         self._uids = count()
         self._clock: Clock = SystemClock()
@@ -159,10 +162,9 @@ class RedisChannel(Channel):
         )
         return await self._riding_out(operation)
 
-    async def _on_leases(self, command: str, options: list[str], arguments: bytes, count: int) -> Any:
-        """A plain command on the leases, with `count` packed arguments after its options."""
-        head = [command, self._leases_key, *options]
-        return await self._riding_out(partial(self._connected_scripts().command, head, arguments, count))
+    async def _plain(self, heads: list[list[str]], arguments: bytes, count: int) -> Any:
+        """Plain commands written together, each `head` followed by the same `count` packed arguments."""
+        return await self._riding_out(partial(self._connected_scripts().commands, heads, arguments, count))
 
     async def _riding_out(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run an operation, and again while a lost connection is being restored."""
@@ -196,6 +198,7 @@ class RedisChannel(Channel):
         now = self._clock.now()
         uid_prefix, uids = self._uid_prefix, self._uids
         lanes: dict[str, list[bytes]] = {}
+        stored: list[bytes | str] = []
         delayed: list[bytes | str] = []
         for envelope in envelopes:
             headers = envelope.headers
@@ -205,17 +208,18 @@ class RedisChannel(Channel):
             elif priority != "0":  # one lane per number: "+5", "05" and "5" share one
                 number = max(-_PRIORITY_LIMIT, min(_PRIORITY_LIMIT, int(priority)))
                 priority = str(number)
-            element = encode_element(priority, f"{uid_prefix}{next(uids)}", envelope)
+            member = new_member(priority, f"{uid_prefix}{next(uids)}")
+            stored += (member, entry(member, envelope))
             deliver_at = headers.get(h.DELIVER_AT)
             if deliver_at is not None and (due := float(deliver_at)) > now:
-                delayed += (repr(due), element)
+                delayed += (repr(due), member)
             elif (lane := lanes.get(priority)) is None:
-                lanes[priority] = [element]
+                lanes[priority] = [member]
             else:
-                lane.append(element)
-        args: list[Any] = [self._lane_prefix, frame(delayed) if delayed else ""]
-        for priority, elements in lanes.items():
-            args += (priority, frame(elements))
+                lane.append(member)
+        args: list[Any] = [self._lane_prefix, frame(stored), frame(delayed) if delayed else ""]
+        for priority, members in lanes.items():
+            args += (priority, frame(members))
         await self._run("SEND", args)
 
     async def receive(self, max_messages: int, timeout: float) -> list[Delivery]:
@@ -280,7 +284,10 @@ class RedisChannel(Channel):
     async def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._connected()
         if deliveries:
-            await self._on_leases("ZREM", [], join_receipts(deliveries), len(deliveries))
+            # The entries first: a lease left without its entry, should the server stop between
+            # the two, is dropped by the claim that finds it expired, as acked.
+            heads = [["HDEL", self._bodies_key], ["ZREM", self._leases_key]]
+            await self._plain(heads, join_receipts(deliveries), len(deliveries))
 
     async def nack(self, deliveries: Sequence[Delivery], delay: float = 0.0) -> None:
         self._connected()
@@ -294,7 +301,7 @@ class RedisChannel(Channel):
             # Only leases still held move (XX): one that ran out, maybe redelivered since, stays gone.
             until = self._driver.bulk(repr(self._clock.now() + seconds))
             scored = b"".join([until + delivery.receipt for delivery in deliveries])
-            await self._on_leases("ZADD", ["XX"], scored, 2 * len(deliveries))
+            await self._plain([["ZADD", self._leases_key, "XX"]], scored, 2 * len(deliveries))
 
     async def purge(self) -> None:
         self._connected()
