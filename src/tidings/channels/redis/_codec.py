@@ -1,4 +1,4 @@
-"""How a message is stored in Redis: a short *member* that names it, and its *payload* in a hash.
+"""How a message is stored in Redis: a short *member* that names it, and its *entry* in a hash.
 
 A member is `count | priority "|" uid`:
 

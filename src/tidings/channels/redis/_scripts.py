@@ -8,20 +8,22 @@ Layout of one channel (all keys share the `{name}` hash tag, so one script may t
 - `leases`    zset  members of leased messages, scored by lease expiry (epoch seconds).
 - `wake`      list  at most one token, there while a waiting receiver should look again: pushed when
                     messages become ready or a delayed one arrives, taken by the receiver it wakes.
-- `bodies`    hash  each message's payload, by member.
+- `bodies`    hash  each message's entry in a claim's reply, by member.
 
 A member (see `_codec`) is a few dozen bytes: the count of earlier deliveries (a big-endian uint32),
 the priority and a unique id. Scripts move members between the lists and sorted sets and leave the
-payloads in `bodies`, read once by the claim that leases them and deleted by the ack. A lease that
-runs out (or a nack) puts the message back under a new member with its count raised, its payload
-moved to that field; an ack, nack or extension from a consumer whose lease ran out names the old
-member, so it changes nothing: the message went to someone else with a higher count.
+entries in `bodies`, read once by the claim that leases them and deleted by the ack. A lease that
+runs out (or a nack) puts the message back under a new member with its count raised, its entry
+rewritten for it and moved to that field; an ack, nack or extension from a consumer whose lease
+ran out names the old member, so it changes nothing: the message went to someone else with a
+higher count.
 
 A batch sent goes to its script as one argument per list, *framed* as a msgpack array of raw
 strings, which `cmsgpack.unpack` splits in C; a claimed batch comes back as one msgpack array the
-client decodes in one call. Lease extensions need no script: they are plain `ZADD XX` commands on
-the leases, with each member an argument of its own, written by the channel as it came (see
-`_codec`); acks and nacks take their members the same way.
+client decodes in one call. Acks and lease extensions need no script: they are plain commands
+(`HDEL` on the entries then `ZREM` on the leases; `ZADD XX` on the leases), with each member an
+argument of its own, written by the channel as it came (see `_codec`); a nack takes its members the
+same way.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ local function make_ready(lane_prefix, lanes_key, member)
   redis.call('ZADD', lanes_key, -tonumber(priority), priority)
 end
 
--- The message's member with its count raised, its stored reply moved there and rewritten for it;
+-- The message's member with its count raised, its entry rewritten for it and moved there;
 -- nil when it has none (acked already).
 local function counted_again(bodies_key, member)
   local stored = redis.call('HGET', bodies_key, member)
@@ -58,7 +60,7 @@ local function counted_again(bodies_key, member)
   local count = struct.pack('>I4', struct.unpack('>I4', member) + 1)
   local again = count .. string.sub(member, 5)
   local receipt = '$' .. #again .. '\\r\\n' .. again .. '\\r\\n'
-  -- what follows the old receipt: the payload
+  -- what follows the old receipt: the headers and the body
   local payload = string.sub(stored, 8 + string.byte(stored, 8) + 1)
   redis.call('HDEL', bodies_key, member)
   redis.call('HSET', bodies_key, again, string.sub(stored, 1, 2) .. count .. string.sub(stored, 7, 7)
@@ -83,7 +85,7 @@ end
 """
 
 #: KEYS: delayed, leases, lanes, wake, bodies.
-#: ARGV: lane prefix, framed (member, payload) pairs, framed (due time, member) pairs for the
+#: ARGV: lane prefix, framed (member, entry) pairs, framed (due time, member) pairs for the
 #: delayed set ('' for none), then per lane: priority, framed members.
 SEND = (
     _HELPERS
