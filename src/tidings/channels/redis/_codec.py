@@ -32,7 +32,7 @@ import msgspec
 from tidings._message import Envelope
 from tidings.channels.base import Delivery
 
-__all__ = ["decode_batch", "entry", "frame", "join_receipts", "new_member"]
+__all__ = ["bulk", "decode_batch", "entry", "frame", "join_receipts", "new_member"]
 
 #: The count of a member never delivered.
 _NEVER_DELIVERED = b"\x00\x00\x00\x00"
@@ -45,6 +45,13 @@ _decode_claimed = msgspec.msgpack.Decoder(list[tuple[int, bytes, dict[str, str],
 _head = struct.Struct(">BI").pack
 
 
+def bulk(data: bytes | str) -> bytes:
+    """`data` as a RESP bulk string: one argument of a command."""
+    if isinstance(data, str):
+        data = data.encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 def new_member(priority: str, uid: str) -> bytes:
     """The member of a message never delivered; `priority` is a decimal string."""
     return _NEVER_DELIVERED + f"{priority}|{uid}".encode()
@@ -52,7 +59,7 @@ def new_member(priority: str, uid: str) -> bytes:
 
 def entry(member: bytes, envelope: Envelope) -> bytes:
     """The claim-reply entry of a message never delivered: `[0, receipt, headers, body]`."""
-    receipt = b"$%d\r\n%b\r\n" % (len(member), member)
+    receipt = bulk(member)
     # The tuple encodes as fixarray(2) + its fields: the fields alone follow the receipt.
     fields = _encode((envelope.headers, envelope.body))[1:]
     return _FRESH_ENTRY_HEAD + bytes((len(receipt),)) + receipt + fields

@@ -16,7 +16,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RETRYABLE_ERRORS", "AfterPop", "Scripts", "bulk", "open_client", "redact"]
+from ._codec import bulk
+
+__all__ = ["RETRYABLE_ERRORS", "AfterPop", "Scripts", "open_client", "redact"]
 
 #: Errors after which the same call can be tried again on a fresh connection.
 RETRYABLE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -41,13 +43,6 @@ def redact(url: str) -> str:
     credentials, _, host = parts.netloc.rpartition("@")
     user = credentials.partition(":")[0]
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def bulk(data: bytes | str) -> bytes:
-    """`data` as a RESP bulk string: one argument of a command."""
-    if isinstance(data, str):
-        data = data.encode()
-    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 class Scripts:

@@ -51,7 +51,7 @@ from tidings.channels.base import (
 )
 from tidings.exceptions import ChannelUnavailable, DriverMissing
 
-from ._codec import decode_batch, entry, frame, join_receipts, new_member
+from ._codec import bulk, decode_batch, entry, frame, join_receipts, new_member
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -299,7 +299,7 @@ class RedisChannel(Channel):
         self._connected()
         if deliveries:
             # Only leases still held move (XX): one that ran out, maybe redelivered since, stays gone.
-            until = self._driver.bulk(repr(self._clock.now() + seconds))
+            until = bulk(repr(self._clock.now() + seconds))
             scored = b"".join([until + delivery.receipt for delivery in deliveries])
             await self._plain([["ZADD", self._leases_key, "XX"]], scored, 2 * len(deliveries))
 
