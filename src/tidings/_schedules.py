@@ -67,7 +67,8 @@ def scheduled(
     """Run the function on a schedule; if it returns a message, send it.
 
     A returned message goes to its command handler if it has one, else it is published as an event.
-    Parameters are injected as for handlers (buses, services, a database session).
+    Parameters are injected as for handlers (buses, services, a database session); as for handlers, a
+    function that takes the session runs in one transaction with the messages it sends.
     """
     if (every is None) == (cron is None):
         raise ValueError("scheduled() takes exactly one of every= or cron=")
@@ -136,11 +137,16 @@ class Schedule:
         return f"<Schedule {self.name!r} {when}>"
 
     async def fire(self, app: App) -> None:
-        if app.database is None:
-            await self._call(app)
-            return
-        async with app.transaction():  # what it writes and sends commits together
-            await self._call(app)
+        if app.database is not None:
+            from tidings.sql._integration import asks_for_database
+
+            # As for handlers: a function that uses the database runs in one transaction with what
+            # it sends; one that does not opens none.
+            if asks_for_database(self.function):
+                async with app.transaction():
+                    await self._call(app)
+                return
+        await self._call(app)
 
     async def _call(self, app: App) -> None:
         arguments = [provide(None) for provide in self.providers]  # type: ignore[arg-type]

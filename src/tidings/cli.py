@@ -185,13 +185,12 @@ def db_init(app_reference: str) -> None:
 )
 def db_sql(app_reference: str | None, dialect: str | None) -> None:
     """Print the DDL of tidings' tables, for the app's database or the given dialect."""
-    from tidings.sql import _stores  # noqa: F401  (its tables are part of the schema)
     from tidings.sql._schema import schema_sql
 
     if dialect is None:
         if app_reference is None:
             raise click.UsageError("give MODULE:APP or --dialect")
-        dialect = _database_of(load_app(app_reference)).url.get_backend_name()
+        dialect = _database_of(load_app(app_reference)).dialect_name
     click.echo(schema_sql(dialect))
 
 

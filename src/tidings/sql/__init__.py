@@ -10,10 +10,9 @@ async with db.transaction() as connection:
 
 from __future__ import annotations
 
-from tidings.sql._database import Backend, Database
+from tidings.sql._database import SCHEMA_VERSION, Backend, Database
 from tidings.sql._errors import DatabaseUnavailable, SchemaMissing, TransactionRolledBack
 from tidings.sql._registry import acquire_database, release_database
-from tidings.sql._schema import SCHEMA_VERSION
 from tidings.sql._scope import Callback, TransactionScope, current_connection, current_scope
 from tidings.sql._stores import SqlDeadLetterStore, SqlDeduplicationStore, SqlScheduleLock
 

@@ -1,18 +1,21 @@
-"""A few asyncpg connections for the PostgreSQL queue's own statements.
+"""A few asyncpg connections for tidings' own statements on PostgreSQL.
 
 Going through SQLAlchemy costs about half a millisecond of CPU per statement (connection checkout,
-execution context, greenlet hops), several times the driver's own cost; a claim or an ack is one
-statement, so the queue talks to asyncpg directly. The connections are opened through the app's
-engine, so they carry its credentials and connect options, then taken out of its pool for good.
-Statements sent to the business transaction (`send` inside `Database.transaction()`) still go through
-that transaction's SQLAlchemy connection.
+execution context, greenlet hops), several times the driver's own cost; a claim, an ack or a batch of
+deduplication records is one statement, so on PostgreSQL tidings talks to asyncpg directly. Without
+SQLAlchemy on that path, a worker whose handlers never ask for a session never imports it.
+
+Connections are opened from the database URL with the arguments SQLAlchemy's asyncpg dialect would
+use (plus the app's `connect_args`), so they reach the same server as the same user as the app's
+engine. A database given as an engine, or a URL whose query composes several hosts, opens them through
+that engine instead and takes them out of its pool for good. Statements sent to the business
+transaction (`send` inside `Database.transaction()`) go through that transaction's SQLAlchemy connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -20,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from tidings.sql import Database
+    from tidings.sql._database import Database
 
-__all__ = ["DriverConnections", "driver_connections_for", "is_connection_lost"]
+__all__ = ["DriverConnections", "DriverLink", "is_connection_lost", "open_link", "rows_touched"]
 
 #: At most this many driver connections per database and process.
 POOL_SIZE = 4
@@ -40,7 +43,7 @@ def is_connection_lost(exc: BaseException) -> bool:
         return True
     try:
         from asyncpg import exceptions
-    except ImportError:  # pragma: no cover - the PostgreSQL queue is only built with asyncpg
+    except ImportError:  # pragma: no cover - driver connections are only opened with asyncpg
         return False
     return isinstance(
         exc,
@@ -54,22 +57,53 @@ def is_connection_lost(exc: BaseException) -> bool:
     )
 
 
-class _Link:
+def rows_touched(status: str) -> int:
+    """The row count of an asyncpg command status such as `DELETE 3` or `INSERT 0 1`."""
+    count = status.rpartition(" ")[2]
+    return int(count) if count.isdigit() else 0
+
+
+class DriverLink:
+    """One asyncpg connection, and the engine connection it was taken from, if it came from one."""
+
     __slots__ = ("driver", "owner")
 
-    def __init__(self, owner: AsyncConnection, driver: Any) -> None:
-        self.owner = owner
+    def __init__(self, driver: Any, owner: AsyncConnection | None = None) -> None:
         self.driver = driver
+        self.owner = owner
+
+    async def discard(self) -> None:
+        self.driver.terminate()
+        if self.owner is not None:
+            with contextlib.suppress(Exception):
+                await self.owner.close()
+
+
+async def open_link(database: Database) -> DriverLink:
+    """A new asyncpg connection to `database`, outside any pool."""
+    arguments = database.asyncpg_arguments()
+    if arguments is not None:
+        import asyncpg
+
+        return DriverLink(await asyncpg.connect(**arguments))
+    owner = await database.engine.connect()
+    try:
+        raw = await owner.get_raw_connection()
+        driver = raw.driver_connection  # read before detaching: detached proxies forget it
+        raw.detach()
+    except BaseException:
+        await owner.close()
+        raise
+    return DriverLink(driver, owner)
 
 
 class DriverConnections:
-    """A small pool of asyncpg connections of one database, shared by its channels in this process."""
+    """A small pool of asyncpg connections of one database, shared by its channels and stores."""
 
     def __init__(self, database: Database, size: int = POOL_SIZE) -> None:
         self._database = database
-        self._idle: list[_Link] = []
+        self._idle: list[DriverLink] = []
         self._slots = asyncio.Semaphore(size)
-        self.users = 0
 
     async def fetch(self, query: str, *arguments: Any) -> list[Any]:
         """Run one statement in autocommit and return its rows."""
@@ -78,8 +112,9 @@ class DriverConnections:
     async def fetchrow(self, query: str, *arguments: Any) -> Any:
         return await self._run("fetchrow", query, arguments)
 
-    async def execute(self, query: str, *arguments: Any) -> None:
-        await self._run("execute", query, arguments)
+    async def execute(self, query: str, *arguments: Any) -> str:
+        """Run one statement in autocommit; returns its command status (see `rows_touched`)."""
+        return await self._run("execute", query, arguments)  # type: ignore[no-any-return]
 
     async def _run(self, method: str, query: str, arguments: tuple[Any, ...]) -> Any:
         # The hot path of every queue operation: no context manager, no closure.
@@ -105,40 +140,36 @@ class DriverConnections:
                 raise
             self._idle.append(link)
 
-    async def _settle(self, link: _Link, exc: BaseException) -> None:
+    async def _settle(self, link: DriverLink, exc: BaseException) -> None:
         # A server-side error (bad SQL, constraint) leaves the connection usable; anything else
         # (cancelled mid-statement, connection lost) may not.
         if _is_server_error(exc) and not link.driver.is_closed():
             self._idle.append(link)
             return
-        await _discard(link)
+        await link.discard()
         if is_connection_lost(exc):
             # The server restarted or dropped us: the idle connections are most likely dead too,
             # and a retry must not pick one of them.
             await self.close()
 
-    async def _take(self) -> _Link:
+    async def _take(self) -> DriverLink:
         while self._idle:
             link = self._idle.pop()
             if not link.driver.is_closed():
                 return link
-            await _discard(link)
-        owner = await self._database.engine.connect()
+            await link.discard()
+        link = await open_link(self._database)
         try:
-            raw = await owner.get_raw_connection()
-            driver = raw.driver_connection  # read before detaching: detached proxies forget it
-            raw.detach()
-            assert driver is not None
-            await driver.execute(_PLAIN_INDEX_SCANS)
+            await link.driver.execute(_PLAIN_INDEX_SCANS)
         except BaseException:
-            await owner.close()
+            await link.discard()
             raise
-        return _Link(owner, driver)
+        return link
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for link in idle:
-            await _discard(link)
+            await link.discard()
 
 
 def _is_server_error(exc: BaseException) -> bool:
@@ -147,20 +178,3 @@ def _is_server_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(exc, exceptions.PostgresError) and not is_connection_lost(exc)
-
-
-async def _discard(link: _Link) -> None:
-    link.driver.terminate()
-    with contextlib.suppress(Exception):
-        await link.owner.close()
-
-
-_pools: weakref.WeakKeyDictionary[Database, DriverConnections] = weakref.WeakKeyDictionary()
-
-
-def driver_connections_for(database: Database) -> DriverConnections:
-    """The driver connections of `database` in this process (created on first use)."""
-    found = _pools.get(database)
-    if found is None:
-        found = _pools[database] = DriverConnections(database)
-    return found

@@ -12,37 +12,43 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-
 from tidings._app import Extension
 from tidings._context import handling_scope
 from tidings.exceptions import ConfigurationError
 from tidings.middleware.base import Middleware
 from tidings.sql._database import Database
+from tidings.sql._imported import imported_classes
 from tidings.sql._registry import acquire_database, release_database
 from tidings.sql._scope import current_scope
 from tidings.sql._stores import SqlDeadLetterStore, SqlDeduplicationStore, SqlScheduleLock
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from tidings._app import App
     from tidings._context import MessageContext
     from tidings._registry import Endpoint, ParameterResolver, Provider
     from tidings.middleware.base import CallNext, Outgoing
 
-__all__ = ["SqlExtension", "TransactionMiddleware"]
+__all__ = ["SqlExtension", "TransactionMiddleware", "asks_for_database"]
 
-_TRANSACTIONAL_TYPES = (AsyncSession, AsyncConnection)
 _HELD_MESSAGES_KEY = "tidings.sql.held-messages"
 
 
-def _asks_for_database(endpoint: Endpoint) -> bool:
+def _transactional_types() -> tuple[type[Any], ...]:
+    """`AsyncSession` and `AsyncConnection`, if anything imported them: a handler can only be annotated
+    with them if its module did, and an app whose handlers do not leaves SQLAlchemy unimported."""
+    return imported_classes("sqlalchemy.ext.asyncio", "AsyncSession", "AsyncConnection")
+
+
+def asks_for_database(function: Any) -> bool:
+    """Whether `function` takes the database session, connection or `Database` (and so a transaction)."""
     try:
-        hints = typing.get_type_hints(endpoint.function)
+        hints = typing.get_type_hints(function)
     except NameError:
         return False
-    return any(
-        hint in _TRANSACTIONAL_TYPES or hint is Database for name, hint in hints.items() if name != "return"
-    )
+    transactional = _transactional_types()
+    return any(hint in transactional or hint is Database for name, hint in hints.items() if name != "return")
 
 
 async def _write_held_sql_messages(pending: list[Outgoing]) -> None:
@@ -67,7 +73,7 @@ class TransactionMiddleware(Middleware):
         self.extension = extension
 
     def applies_to(self, endpoint: Endpoint) -> bool:
-        if not _asks_for_database(endpoint):
+        if not asks_for_database(endpoint.function):
             return False
         if not endpoint.is_coroutine:
             raise ConfigurationError(
@@ -101,10 +107,13 @@ class SqlExtension(Extension):
         return [self._resolve]
 
     def _resolve(self, annotation: Any) -> Provider | None:
-        if annotation is AsyncSession:
-            return lambda _context: self._scope().session()
-        if annotation is AsyncConnection:
-            return lambda _context: self._scope().connection
+        transactional = _transactional_types()
+        if transactional:
+            session_type, connection_type = transactional
+            if annotation is session_type:
+                return lambda _context: self._scope().session()
+            if annotation is connection_type:
+                return lambda _context: self._scope().connection
         if annotation is Database:
             return lambda _context: self.database
         return None

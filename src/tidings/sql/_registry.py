@@ -6,12 +6,13 @@ that all SQL channels on one URL share one engine (and one open transaction, see
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any
 
 from tidings.sql._database import Database
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["REGISTRY_KEY", "acquire_database", "release_database"]
 

@@ -1,7 +1,9 @@
 """The tables tidings keeps in the app's database, in one `MetaData` so that later features add theirs here.
 
-Every table is prefixed `tidings_`. `tidings_schema_version` records each schema version applied, so that
-a newer tidings can upgrade an older schema step by step (see `UPGRADES`).
+Imported only to create, upgrade or print the schema, and by `Database.connect` on MySQL/MariaDB and
+SQLite: tidings' own statements are plain SQL text on these tables. Every table is prefixed `tidings_`.
+`tidings_schema_version` records each schema version applied, so that a newer tidings can upgrade an
+older schema step by step (see `UPGRADES`).
 """
 
 from __future__ import annotations
@@ -30,19 +32,21 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
+from tidings.sql._database import SCHEMA_VERSION
+
 __all__ = [
     "SCHEMA_VERSION",
     "UPGRADES",
     "create_or_upgrade",
+    "dead_letters",
+    "deduplication",
     "installed_version",
     "messages",
     "metadata",
+    "schedule_ticks",
     "schema_sql",
     "schema_version",
 ]
-
-#: The schema version this tidings writes and expects.
-SCHEMA_VERSION = 1
 
 metadata = MetaData()
 
@@ -89,6 +93,52 @@ Index(
 )
 # Answers "when is the next message of this channel due" with a range scan, for consumers that wait.
 Index("ix_tidings_messages_due", messages.c.channel, messages.c.visible_at)
+
+#: Messages that could not be handled, with why.
+dead_letters = Table(
+    "tidings_dead_letters",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("message_id", String(255), nullable=False),
+    Column("endpoint", String(255), nullable=False),
+    Column("channel", String(255), nullable=False),
+    Column("reason", String(64), nullable=False),
+    Column("exception_type", String(255), nullable=False),
+    Column("exception_message", _Json, nullable=False),
+    Column("traceback", _Json, nullable=False),
+    Column("headers", _Json, nullable=False),
+    Column("body", _Body, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_failed_at", Double, nullable=False),
+    Column("last_failed_at", Double, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+Index("ix_tidings_dead_letters_failed", dead_letters.c.last_failed_at)
+Index("ix_tidings_dead_letters_endpoint", dead_letters.c.endpoint, dead_letters.c.last_failed_at)
+
+#: What each endpoint (or tracking name) handled, kept for the retention window.
+deduplication = Table(
+    "tidings_deduplication",
+    metadata,
+    Column("tracking", String(191), primary_key=True),
+    Column("message_key", String(191), primary_key=True),
+    Column("handled_at", Double, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
+Index("ix_tidings_deduplication_handled", deduplication.c.handled_at)
+
+#: Schedule ticks claimed by a worker; the primary key lets exactly one worker claim each.
+schedule_ticks = Table(
+    "tidings_schedule_ticks",
+    metadata,
+    Column("schedule", String(191), primary_key=True),
+    Column("tick_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("claimed_at", Double, nullable=False),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+)
 
 #: One row per schema version applied.
 schema_version = Table(

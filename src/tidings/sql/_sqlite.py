@@ -14,18 +14,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["BUSY_TIMEOUT_SECONDS", "READ_ONLY", "configure", "is_memory"]
+__all__ = ["BUSY_TIMEOUT_SECONDS", "READ_ONLY", "configure"]
 
 #: Execution option marking a connection that only reads.
 READ_ONLY = "tidings_read_only"
 
 #: How long a connection waits for another process's write lock before failing.
 BUSY_TIMEOUT_SECONDS = 30.0
-
-
-def is_memory(database: str | None, query: Any) -> bool:
-    """True for an in-memory database, which lives in one connection only."""
-    return database in (None, "", ":memory:") or "memory" in str(query.get("mode", ""))
 
 
 def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -11,7 +11,6 @@ from tests.conftest import require_service
 
 from tidings import headers as h
 from tidings._message import Envelope
-from tidings.channels.sql._driver import driver_connections_for
 from tidings.channels.sql._wakeup import wakeups_for
 from tidings.sql import Database
 
@@ -37,7 +36,7 @@ async def test_a_channel_keeps_working_after_the_server_killed_its_connections()
     require_service("PostgreSQL", "127.0.0.1", 5432)
     async with channel_and_database(POSTGRES_URL) as (channel, database):
         await channel.send([envelope(1)])
-        pool = driver_connections_for(database)
+        pool = database.driver_connections
         pids = {link.driver.get_server_pid() for link in pool._idle}
         assert pids
 
@@ -56,7 +55,7 @@ async def test_a_consumer_listens_again_after_its_listen_connection_was_killed()
     require_service("PostgreSQL", "127.0.0.1", 5432)
     async with sender_and_consumer(POSTGRES_URL) as (sender, consumer, consumer_db):
         wakeups = wakeups_for(consumer_db)
-        await terminate({wakeups._driver.get_server_pid()})
+        await terminate({wakeups._link.driver.get_server_pid()})
         await asyncio.sleep(0.2)
         assert not wakeups.listening
 

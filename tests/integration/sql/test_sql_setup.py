@@ -254,3 +254,41 @@ async def test_mariadb_engines_created_from_a_url_read_committed() -> None:
     assert level == "READ-COMMITTED"
     assert database.is_mariadb
     await database.close()
+
+
+@pytest.mark.postgres
+async def test_tidings_own_connections_carry_the_connect_args_the_engine_uses() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    settings = {"server_settings": {"application_name": "tidings-connect-args"}}
+    database = Database(POSTGRES_URL, engine_options={"connect_args": settings})
+    await database.create_schema()
+    await database.connect()
+    ask = "SELECT current_setting('application_name')"
+
+    own = await database.fetch(ask)
+    async with database.transaction() as connection:
+        engines = (await connection.exec_driver_sql(ask)).scalar()
+
+    assert own[0][0] == engines == "tidings-connect-args"
+    await database.close()
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_database_given_as_an_engine_opens_tidings_connections_through_it() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    engine = create_async_engine(
+        POSTGRES_URL, connect_args={"server_settings": {"application_name": "tidings-engine"}}
+    )
+    await Database(engine).create_schema()
+    channel = SqlChannel(f"it-{uuid.uuid4().hex[:12]}", database=engine)
+    await channel.connect(ChannelEnvironment(app_name="it", clock=SystemClock()))
+
+    await channel.send([Envelope(b"1", {h.MESSAGE_ID: "a"})])
+    received = await channel.receive(1, timeout=1.0)
+    await channel.ack(received)
+    rows = await channel.database.fetch("SELECT current_setting('application_name')")
+
+    assert [d.envelope.message_id for d in received] == ["a"]
+    assert rows[0][0] == "tidings-engine"
+    await channel.close()
+    await engine.dispose()

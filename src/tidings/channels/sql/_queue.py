@@ -2,7 +2,7 @@
 
 Hot paths are hand-written SQL, one statement per batch (a multi-row insert, a batch claim, a batch
 delete), prepared once by the driver and never compiled per call: on PostgreSQL straight on asyncpg
-(see `_driver`), elsewhere through SQLAlchemy's `exec_driver_sql`.
+(see `tidings.sql._driver`), elsewhere through SQLAlchemy's `exec_driver_sql`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError
-
-from tidings.channels.sql._driver import DriverConnections, driver_connections_for, is_connection_lost
 from tidings.channels.sql._wakeup import notify_channel
 from tidings.exceptions import ConfigurationError
+from tidings.sql._driver import is_connection_lost
+from tidings.sql._imported import is_instance
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -37,6 +36,11 @@ _TABLE = "tidings_messages"
 #: Due, and not under a lease that still runs (placeholders: channel, now, now).
 _RECEIVABLE = "channel = {p} AND visible_at <= {p} AND (leased_until IS NULL OR leased_until <= {p})"
 _COLUMNS = "channel, message_id, priority, visible_at, expires_at, headers, body, delivery_count, created_at"
+# Leased rows are among the due ones (visible_at <= now): few, the ones in flight.
+_NEXT_DUE = (
+    f"SELECT (SELECT min(visible_at) FROM {_TABLE} WHERE channel = ? AND visible_at > ?), "
+    f"(SELECT min(leased_until) FROM {_TABLE} WHERE channel = ? AND visible_at <= ? AND leased_until > ?)"
+)
 
 
 _BY_ID = operator.itemgetter(0)
@@ -82,13 +86,8 @@ class Queue(ABC):
 
     async def send(self, channel: str, rows: Sequence[NewRow], now: float) -> None:
         """Write rows in a short transaction of their own."""
-        if len(rows) <= self.rows_per_statement:
-            async with self.database.single_statement() as connection:
-                await self.insert(connection, channel, rows, now)
-            return
         async with self.database.writing() as connection:
-            for chunk in _chunks(rows, self.rows_per_statement):
-                await self.insert(connection, channel, chunk, now)
+            await self.insert(connection, channel, rows, now)
 
     @abstractmethod
     async def claim(
@@ -112,50 +111,31 @@ class Queue(ABC):
         """Keep rows still under one of `tokens` leased until `until`."""
 
     async def purge(self, channel: str) -> None:
-        async with self.database.single_statement() as connection:
-            await connection.exec_driver_sql(f"DELETE FROM {_TABLE} WHERE channel = {self._p(1)}", (channel,))
+        await self.database.execute(f"DELETE FROM {_TABLE} WHERE channel = ?", channel)
 
     async def depth(self, channel: str) -> int:
-        async with self.database.reading() as connection:
-            result = await connection.exec_driver_sql(
-                f"SELECT count(*) FROM {_TABLE} WHERE channel = {self._p(1)}", (channel,)
-            )
-            return int(result.scalar_one())
+        rows = await self.database.fetch(f"SELECT count(*) FROM {_TABLE} WHERE channel = ?", channel)
+        return int(rows[0][0])
 
     async def next_due(self, channel: str, now: float) -> float | None:
         """When the channel's next message becomes receivable: a delay or a lease running out."""
-        async with self.database.reading() as connection:
-            result = await connection.exec_driver_sql(self._next_due_sql(), (channel, now, channel, now, now))
-            return _earliest(result.one())
-
-    def _next_due_sql(self) -> str:
-        p = self._p
-        # Leased rows are among the due ones (visible_at <= now): few, the ones in flight.
-        return (
-            f"SELECT (SELECT min(visible_at) FROM {_TABLE} "
-            f"WHERE channel = {p(1)} AND visible_at > {p(2)}), "
-            f"(SELECT min(leased_until) FROM {_TABLE} "
-            f"WHERE channel = {p(3)} AND visible_at <= {p(4)} AND leased_until > {p(5)})"
-        )
-
-    @abstractmethod
-    def _p(self, position: int) -> str:
-        """The driver's placeholder for the parameter at `position` (1-based)."""
+        rows = await self.database.fetch(_NEXT_DUE, channel, now, channel, now, now)
+        return _earliest(rows[0])
 
     def is_connection_lost(self, exc: BaseException) -> bool:
         """True when `exc` means the connection dropped, so that one retry on a fresh one may work."""
-        return (isinstance(exc, DBAPIError) and exc.connection_invalidated) or isinstance(exc, OSError)
-
-    async def close(self) -> None:  # noqa: B027 - most queues hold nothing of their own
-        """Release what this queue holds beyond the app's engine."""
+        if isinstance(exc, OSError):
+            return True
+        invalidated = getattr(exc, "connection_invalidated", False)
+        return is_instance(exc, "sqlalchemy.exc", "DBAPIError") and bool(invalidated)
 
 
 class PostgresQueue(Queue):
     """PostgreSQL: array parameters, one prepared statement per operation, straight on asyncpg.
 
     Every operation is a single statement run in autocommit, which PostgreSQL makes atomic, on the
-    queue's driver connections (see `_driver`). Sends and releases also `pg_notify` the channel,
-    delivered to listeners when the statement commits.
+    database's driver connections (see `tidings.sql._driver`). Sends and releases also `pg_notify`
+    the channel, delivered to listeners when the statement commits.
     """
 
     rows_per_statement = 5000
@@ -215,23 +195,10 @@ class PostgresQueue(Queue):
     def __init__(self, database: Database, *, durable_acks: bool = False) -> None:
         super().__init__(database)
         self._delete = self._DELETE if durable_acks else self._DELETE_RELAXED
-        self._drivers: DriverConnections = driver_connections_for(database)
-        self._drivers.users += 1
-        self._closed = False
-
-    def _p(self, position: int) -> str:
-        return f"${position}"
+        self._drivers = database.driver_connections
 
     def is_connection_lost(self, exc: BaseException) -> bool:
         return super().is_connection_lost(exc) or is_connection_lost(exc)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._drivers.users -= 1
-        if self._drivers.users <= 0:
-            await self._drivers.close()
 
     def _insert_arguments(self, channel: str, rows: Sequence[NewRow], now: float) -> tuple[Any, ...]:
         columns = [list(column) for column in zip(*rows, strict=True)]
@@ -269,17 +236,6 @@ class PostgresQueue(Queue):
     async def extend(self, ids: Sequence[int], tokens: Sequence[int], until: float) -> None:
         await self._drivers.execute(self._EXTEND, ids, tokens, until)
 
-    async def purge(self, channel: str) -> None:
-        await self._drivers.execute(f"DELETE FROM {_TABLE} WHERE channel = $1", channel)
-
-    async def depth(self, channel: str) -> int:
-        row = await self._drivers.fetchrow(f"SELECT count(*) FROM {_TABLE} WHERE channel = $1", channel)
-        return int(row[0])
-
-    async def next_due(self, channel: str, now: float) -> float | None:
-        row = await self._drivers.fetchrow(self._next_due_sql(), channel, now, channel, now, now)
-        return _earliest(row)
-
 
 @functools.lru_cache(maxsize=256)
 def _placeholders(marker: str, count: int) -> str:
@@ -296,9 +252,6 @@ class _ListQueue(Queue):
     """Databases without array parameters: lists of placeholders, SQL text cached per batch size."""
 
     marker = "?"
-
-    def _p(self, position: int) -> str:
-        return self.marker
 
     async def insert(
         self, connection: AsyncConnection, channel: str, rows: Sequence[NewRow], now: float
@@ -414,7 +367,7 @@ class SqliteQueue(_ListQueue):
 def queue_for(database: Database, *, durable_acks: bool = False) -> Queue:
     """The queue operations for `database`; raises `ConfigurationError` where the server cannot queue."""
     if database.backend == "postgresql":
-        if database.url.get_driver_name() != "asyncpg":
+        if database.driver_name != "asyncpg":
             raise ConfigurationError(
                 f"SqlChannel on PostgreSQL needs the asyncpg driver: use postgresql+asyncpg:// "
                 f"instead of {database.safe_url}"

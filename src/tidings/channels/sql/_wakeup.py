@@ -15,9 +15,9 @@ import weakref
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncConnection
+from tidings.sql._driver import DriverLink, open_link
 
+if TYPE_CHECKING:
     from tidings.sql import Database
 
 __all__ = ["Signal", "Wakeups", "notify_channel", "wakeups_for"]
@@ -71,8 +71,7 @@ class Wakeups:
         self._signals: dict[str, Signal] = {}
         self._listened: Counter[str] = Counter()
         self._by_notify_channel: dict[str, str] = {}
-        self._connection: AsyncConnection | None = None
-        self._driver: Any = None
+        self._link: DriverLink | None = None
         self._retry_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -88,7 +87,7 @@ class Wakeups:
         return self._alive()
 
     def _alive(self) -> bool:
-        return self._driver is not None and not self._driver.is_closed()
+        return self._link is not None and not self._link.driver.is_closed()
 
     async def listen(self, channel: str) -> None:
         """Start waking `channel`'s consumers on notifications (PostgreSQL only)."""
@@ -108,9 +107,9 @@ class Wakeups:
         if self._listened[channel] == 0:
             del self._listened[channel]
             self._by_notify_channel.pop(notify_channel(channel), None)
-            if self.listening:
+            if self._link is not None and self.listening:
                 with contextlib.suppress(Exception):
-                    await self._driver.remove_listener(notify_channel(channel), self._notified)
+                    await self._link.driver.remove_listener(notify_channel(channel), self._notified)
         if not self._listened:
             await self._disconnect()
 
@@ -135,9 +134,11 @@ class Wakeups:
 
     async def _add(self, channel: str) -> None:
         try:
-            if not self.listening:
-                await self._open()
-            await self._driver.add_listener(notify_channel(channel), self._notified)
+            if self._link is None or not self.listening:
+                await self._disconnect()
+                # A connection of its own, outside any pool: it does nothing but LISTEN.
+                self._link = await open_link(self._database)
+            await self._link.driver.add_listener(notify_channel(channel), self._notified)
         except Exception as exc:
             # Consumers fall back to polling; the next wait tries again.
             _log.warning("cannot LISTEN on %s: %s", self._database.safe_url, exc)
@@ -147,20 +148,10 @@ class Wakeups:
         # Whatever was sent while nobody listened is found by the first claim; wake waiters to look.
         self.signal(channel).fire()
 
-    async def _open(self) -> None:
-        # A connection of the app's engine (same credentials and options), taken out of its pool for good.
-        connection = await self._database.engine.connect()
-        raw = await connection.get_raw_connection()
-        driver = raw.driver_connection  # read before detaching: detached proxies forget it
-        raw.detach()
-        self._connection = connection
-        self._driver = driver
-
     async def _disconnect(self) -> None:
-        connection, self._connection, self._driver = self._connection, None, None
-        if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.discard()
 
 
 _wakeups: weakref.WeakKeyDictionary[Database, Wakeups] = weakref.WeakKeyDictionary()

@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import msgspec
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tidings._clock import Clock, SystemClock
 from tidings._message import Envelope
@@ -25,8 +23,11 @@ from tidings.channels.sql._queue import NewRow, Queue, queue_for
 from tidings.channels.sql._wakeup import Signal, Wakeups, wakeups_for
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
 from tidings.sql import Database, DatabaseUnavailable, TransactionScope, current_scope
-from tidings.sql._database import check_driver
 from tidings.sql._registry import acquire_database, release_database
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["SqlChannel"]
 
@@ -77,8 +78,8 @@ class SqlChannel(Channel):
         super().__init__(name, lease_seconds=lease_seconds)
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
-        if isinstance(database, str | URL):
-            check_driver(database)
+        if database is not None and not isinstance(database, Database):
+            Database(database)  # a bad URL or a missing driver fails here, not when the app starts
         self.poll_interval = poll_interval
         self.durable_acks = durable_acks
         self._database_option = database
@@ -124,9 +125,7 @@ class SqlChannel(Channel):
                 # the first batch is handled.
                 self.concurrent_receives = 2
         except BaseException:
-            if self._queue is not None:
-                queue, self._queue = self._queue, None
-                await queue.close()
+            self._queue = None
             await release_database(environment.extensions, database)
             raise
         self._database = database
@@ -139,9 +138,7 @@ class SqlChannel(Channel):
             with contextlib.suppress(Exception):
                 await self._wakeups.unlisten(self.name)
         self._listening = False
-        if self._queue is not None:
-            queue, self._queue = self._queue, None
-            await queue.close()
+        self._queue = None
         await release_database(self._extensions, database)
 
     # Sending
