@@ -19,7 +19,7 @@ from tidings.channels.base import ChannelEnvironment
 from tidings.channels.sql import SqlChannel
 from tidings.channels.sql._wakeup import wakeups_for
 from tidings.exceptions import ChannelUnavailable, ConfigurationError, TidingsError
-from tidings.sql import SCHEMA_VERSION, Database, DatabaseUnavailable, SchemaMissing
+from tidings.sql import SCHEMA_VERSION, Database, DatabaseUnavailable, SchemaMissing, SqlDeduplicationStore
 
 from .conftest import MARIADB_URL, POSTGRES_URL, sender_and_consumer
 
@@ -292,3 +292,32 @@ async def test_a_postgresql_database_given_as_an_engine_opens_tidings_connection
     assert rows[0][0] == "tidings-engine"
     await channel.close()
     await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_deduplication_lookup_uses_the_primary_key_even_after_the_table_was_analyzed_empty() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    name = f"tidings_fresh_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    database = Database(url)
+    try:
+        await database.create_schema()
+        await database.connect()
+        await database.execute("ANALYZE tidings_deduplication")
+        await SqlDeduplicationStore(database).add("ship", "m-1", 1.0)
+        lookup = "EXPLAIN SELECT 1 FROM tidings_deduplication WHERE tracking = 'ship' AND message_key = 'm-1'"
+
+        plain = await asyncpg.connect(url.replace("+asyncpg", ""))
+        plain_plan = "\n".join(row[0] for row in await plain.fetch(lookup))
+        await plain.close()
+        own_plan = "\n".join(row[0] for row in await database.fetch(lookup))
+
+        # A plan cached now would go on scanning the whole table as it grows.
+        assert "Seq Scan" in plain_plan
+        assert "tidings_deduplication_pkey" in own_plan
+    finally:
+        await database.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
