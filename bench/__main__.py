@@ -184,8 +184,9 @@ def _section(
         "- **peak RSS**: the highest sum of the RSS of the worker's process tree (all its processes, so "
         "forked pools count each child), sampled every 100 ms over the round;",
         "- every queue, stream, key and table is fresh for the round and deleted after it; PostgreSQL "
-        "systems use a database of their own, VACUUMed after each system's round because the shared "
-        "server runs with autovacuum off (so nothing vacuums during a drain).",
+        "systems use a database of their own, ANALYZEd once the round's messages are enqueued and "
+        "VACUUMed after each system's round: the shared server runs with autovacuum off, so these do "
+        "what its auto-analyze and autovacuum would (and nothing vacuums during a drain).",
         "",
         f"Systems alternate within each round; each figure is the median of {options.rounds} rounds, and "
         "every ratio comes from this run. *drain ÷ raw* divides by the fastest raw loop on that broker, "

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from bench.suite import environment
 from bench.suite.systems import System
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,6 +257,8 @@ def run_round(system: System, described: Described, workload: Workload, workdir:
     try:
         sent = drive(system, env, "enqueue", str(count), timeout=60 + count / 20)
         result.enqueue = count / float(sent["seconds"])  # type: ignore[arg-type]
+        if system.broker == "postgres":
+            environment.analyze_database()
         wait_for_quiet()
         with open(log, "wb") as output:
             worker = subprocess.Popen(
