@@ -307,6 +307,21 @@ async def test_a_lease_that_runs_out_brings_the_message_back_and_the_late_ack_ch
     assert await channel.depth() == 0
 
 
+async def test_acked_messages_are_let_go_at_once_not_kept_until_their_lease_would_end(
+    open_channel: OpenChannel,
+) -> None:
+    channel = await open_channel(partitions=1)
+    await channel.send([envelope(n) for n in range(10)])
+    received = await receive_all(channel, 10)
+
+    await channel.ack(received[5:])
+    held_behind_the_first_unsettled = len(channel._leases)
+    await channel.ack(received[:5])
+
+    assert held_behind_the_first_unsettled == 10
+    assert len(channel._leases) == 0
+
+
 async def test_depth_counts_messages_acked_out_of_order_only_once(open_channel: OpenChannel) -> None:
     channel = await open_channel(partitions=1)
     await channel.send([envelope(n) for n in range(10)])

@@ -622,6 +622,11 @@ class KafkaChannel(Channel):
             receipt.settled = True
             if receipt.ledger.settle(receipt.offset):
                 touched.add(receipt.ledger)
+        # Leases are mostly settled in the order they were handed out: those at the front go now,
+        # rather than keep their messages in memory until the lease watcher's next turn.
+        leases = self._leases
+        while leases and leases[0].settled:
+            leases.popleft()
         self._settled.set()
         if touched:
             self._committer.schedule(touched)
