@@ -203,6 +203,28 @@ async def test_records_older_than_the_retention_window_are_purged() -> None:
         assert len(store._handled) == 1  # only the record of o-2 is left
 
 
+async def test_without_a_database_a_worker_keeps_only_its_latest_records_and_still_skips_a_repeat() -> None:
+    store = InMemoryDeduplicationStore(max_records=20)
+    runs: list[str] = []
+
+    @asynchronous("work")
+    @event_handler
+    async def ship(event: OrderPlaced) -> None:
+        runs.append(event.order_id)
+
+    app = App("shop", handlers=[ship], channels=[InMemoryChannel("work")], deduplication_store=store)
+    async with FlowTest(app) as flow:
+        for n in range(200):
+            await flow.publish(OrderPlaced(f"o-{n}"), headers={h.MESSAGE_ID: f"m-{n}"})
+        await flow.publish(OrderPlaced("o-199"), headers={h.MESSAGE_ID: "m-199"})
+        await flow.run()
+
+    assert len(runs) == 200
+    assert len(store._handled) <= 22
+    assert await store.contains("ship", "m-199")
+    assert not await store.contains("ship", "m-0")
+
+
 class SlowPurgeStore(InMemoryDeduplicationStore):
     """Purges take as long as a big table's would: until the app stops them."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,16 +70,33 @@ class DeduplicationStore(Protocol):
 
 @final
 class InMemoryDeduplicationStore:
-    """Records in a dict: one process only, lost on restart; for tests and apps without a database."""
+    """Records in a dict: one process only, lost on restart; for tests and apps without a database.
 
-    def __init__(self) -> None:
+    It keeps the latest `max_records` records (and none past the retention window), so that a worker
+    that runs for weeks does not grow with every message it handled: what it catches are redeliveries
+    and repeated sends while the process lives, which come soon after the first copy.
+    """
+
+    def __init__(self, max_records: int = 100_000) -> None:
+        if max_records < 1:
+            raise ValueError(f"max_records must be at least 1, got {max_records}")
+        self.max_records = max_records
+        # Trimmed a tenth at a time, so that trimming costs nothing per message on average.
+        self._trim_above = max_records + max(max_records // 10, 1)
         self._handled: dict[tuple[str, str], float] = {}
 
     async def contains(self, tracking: str, key: str) -> bool:
         return (tracking, key) in self._handled
 
     async def add(self, tracking: str, key: str, handled_at: float) -> None:
-        self._handled[(tracking, key)] = handled_at
+        self.remember((tracking, key), handled_at)
+
+    def remember(self, record: tuple[str, str], handled_at: float) -> None:
+        """Add a record; past the limit, the oldest go (a dict keeps the order records came in)."""
+        handled = self._handled
+        handled[record] = handled_at
+        if len(handled) > self._trim_above:
+            self._handled = dict(itertools.islice(handled.items(), len(handled) - self.max_records, None))
 
     async def purge(self, older_than: float) -> int:
         old = [record for record, at in self._handled.items() if at < older_than]
@@ -177,11 +195,10 @@ class DeduplicationMiddleware(Middleware):
                     self._purge_soon(store, now)
                 if type(store) is InMemoryDeduplicationStore:
                     # The default without a database: plain dict work, no round trips to await.
-                    handled = store._handled
-                    if slot in handled:
+                    if slot in store._handled:
                         return _skip(context, tracking, key)
                     result = await call_next(context)
-                    handled[slot] = now
+                    store.remember(slot, now)
                     return result
                 if await store.contains(tracking, key):
                     return _skip(context, tracking, key)
