@@ -7,8 +7,10 @@ import contextlib
 import time
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
+from tests.conftest import require_service
 
 from tidings import headers as h
 from tidings._clock import ManualClock
@@ -17,7 +19,7 @@ from tidings.channels.base import Delivery
 from tidings.channels.sql import SqlChannel
 from tidings.sql import Database
 
-from .conftest import OpenChannel
+from .conftest import POSTGRES_URL, OpenChannel, sender_and_consumer
 
 pytestmark = pytest.mark.slow
 
@@ -263,3 +265,39 @@ async def test_a_receive_cancelled_at_any_point_of_its_claim_leaves_every_messag
         deliveries = await asyncio.wait_for(channel.receive(10, 0.0), 5)
         assert sorted(d.envelope.body for d in deliveries) == [b"0", b"1", b"2"], f"cancelled after {steps}"
         await channel.nack(deliveries)
+
+
+@pytest.mark.postgres
+async def test_two_receivers_waiting_for_messages_sent_one_at_a_time_claim_once_per_message() -> None:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    async with sender_and_consumer(POSTGRES_URL) as (sender, consumer, _database):
+        claims: list[int] = []
+        queue = consumer._queue
+        assert queue is not None
+        claim = queue.claim
+
+        async def counted_claim(*arguments: Any) -> Any:
+            rows = await claim(*arguments)
+            claims.append(len(rows))
+            return rows
+
+        queue.claim = counted_claim  # type: ignore[method-assign]
+        received: list[Delivery] = []
+
+        async def receive_like_a_consumer() -> None:
+            while len(received) < 20:
+                got = await consumer.receive(10, timeout=0.5)
+                received.extend(got)
+                await consumer.ack(got)
+
+        receivers = [asyncio.ensure_future(receive_like_a_consumer()) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        del claims[:]  # the first look of each receiver
+        for n in range(20):
+            await sender.send([Envelope(b"x", {h.MESSAGE_ID: f"m-{n}"})])
+            await asyncio.sleep(0.05)
+        await asyncio.wait_for(asyncio.gather(*receivers), 10)
+
+    assert sorted(d.envelope.message_id for d in received) == sorted(f"m-{n}" for n in range(20))
+    # Each notification wakes one receiver; no receiver polls while notifications arrive.
+    assert claims.count(0) <= 2, claims

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import logging
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
 from tidings.sql._driver import DriverLink, open_link
@@ -37,30 +37,38 @@ def notify_channel(name: str) -> str:
 
 
 class Signal:
-    """Counts "something may have arrived" events; a waiter notes the count, then waits for a change."""
+    """Counts "something may have arrived" events; a waiter notes the count, then waits for a change.
 
-    __slots__ = ("_waiter", "version")
+    An event wakes one waiter, the one waiting longest: two receivers woken for one message would
+    both claim, and the one that found nothing would then ask when the next message is due, three
+    statements where one does. A receiver that claimed a whole batch fires again, since more may
+    be waiting (see `SqlChannel.receive`), so a burst still wakes every receiver in turn.
+    """
+
+    __slots__ = ("_waiters", "version")
 
     def __init__(self) -> None:
         self.version = 0
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     def fire(self) -> None:
         self.version += 1
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():  # one that stopped waiting cancelled its future
+                waiter.set_result(None)
+                return
 
     def changed_since(self, version: int) -> asyncio.Future[None]:
-        """A future done once the count moved past `version` (already done if it has)."""
-        loop = asyncio.get_running_loop()
+        """A future done once the count moved past `version` (already done if it has); cancel it
+        when no longer waiting, so that the next event goes to a waiter that is still there."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.version != version:
-            done: asyncio.Future[None] = loop.create_future()
-            done.set_result(None)
-            return done
-        if self._waiter is None or self._waiter.get_loop() is not loop:
-            self._waiter = loop.create_future()
-        return self._waiter
+            waiter.set_result(None)
+        else:
+            self._waiters.append(waiter)
+        return waiter
 
 
 class Wakeups:

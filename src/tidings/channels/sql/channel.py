@@ -91,6 +91,8 @@ class SqlChannel(Channel):
         self._clock: Clock = SystemClock()
         self._pause = _FIRST_PAUSE
         self._listening = False
+        #: (signal version, claim time) of the last claim that left no receivable message behind.
+        self._drained: tuple[int, float] | None = None
 
     @property
     def database(self) -> Database:
@@ -192,13 +194,31 @@ class SqlChannel(Channel):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         signal = self._signal
+        # With every send notified, a claim right after one that left the queue empty, with nothing
+        # notified since, would find nothing: such a receive waits first (and claims when woken).
+        drained, self._drained = self._drained, None
+        skip = (
+            timeout > 0
+            and drained is not None
+            and drained[0] == signal.version
+            and self._wakeups is not None
+            and self._wakeups.listening
+        )
         while True:
             seen = signal.version
-            claimed_at = self._clock.now()
-            deliveries = await self._claim(queue, max_messages, claimed_at)
-            if deliveries:
-                self._pause = _FIRST_PAUSE
-                return deliveries
+            if skip:
+                skip = False
+                claimed_at = drained[1]  # type: ignore[index]
+            else:
+                claimed_at = self._clock.now()
+                deliveries = await self._claim(queue, max_messages, claimed_at)
+                if len(deliveries) < max_messages:
+                    self._drained = (seen, claimed_at)
+                if deliveries:
+                    self._pause = _FIRST_PAUSE
+                    if len(deliveries) == max_messages:
+                        signal.fire()  # a whole batch: more may be waiting for another receiver
+                    return deliveries
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
@@ -237,16 +257,19 @@ class SqlChannel(Channel):
             if self._listening and self._wakeups is not None:
                 await self._wakeups.ensure_listening()
                 listening = self._wakeups.listening
-            ceiling = max(self.poll_interval, _LISTENING_POLL_SECONDS) if listening else self.poll_interval
-            pause = min(self._pause, ceiling)
-            self._pause = min(self._pause * 2, ceiling)
+            if listening:
+                # Every send is notified: a poll only guards against a notification lost on the way.
+                pause = max(self.poll_interval, _LISTENING_POLL_SECONDS)
+            else:
+                pause = min(self._pause, self.poll_interval)
+                self._pause = min(self._pause * 2, self.poll_interval)
         waiters: list[asyncio.Future[Any]] = [signal.changed_since(seen)]
         if next_due is not None and next_due > now:
             waiters.append(asyncio.ensure_future(self._clock.sleep(next_due - now)))
         try:
             await asyncio.wait(waiters, timeout=min(remaining, pause), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in waiters[1:]:
+            for waiter in waiters:
                 waiter.cancel()
 
     # Settling
