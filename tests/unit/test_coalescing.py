@@ -42,6 +42,24 @@ async def test_calls_made_while_a_batch_is_on_the_wire_form_the_next_batch() -> 
     assert batches == [[1], [2, 3]]
 
 
+async def test_a_call_nobody_joins_leaves_without_waiting_for_later_ones() -> None:
+    batches: list[list[int]] = []
+
+    async def record(items: list[int]) -> list[None]:
+        batches.append(items)
+        await asyncio.sleep(0.01)
+        return [None] * len(items)
+
+    async def later(n: int) -> None:
+        await asyncio.sleep(0)  # one turn of the loop after the first call
+        await coalescing(n)
+
+    coalescing = _Coalescing(record)
+    await asyncio.gather(coalescing(1), later(2))
+
+    assert batches == [[1], [2]]
+
+
 async def test_a_failed_batch_raises_in_every_caller_and_the_next_batch_still_runs() -> None:
     async def fail_first(items: list[int]) -> list[int]:
         if 0 in items:

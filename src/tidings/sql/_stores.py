@@ -169,7 +169,8 @@ class _Coalescing(Generic[Item, Result]):
     """Runs the calls of concurrent tasks as one batch call.
 
     A batch leaves once the other ready tasks have had their turn to join it (so the handlings a
-    consumer runs at once share it); calls made while it is on the wire form the next one.
+    consumer runs at once share it); calls made while it is on the wire form the next one. A call
+    nobody joined leaves at once: a message handled on its own waits for no other.
     """
 
     def __init__(self, run_batch: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
@@ -186,10 +187,14 @@ class _Coalescing(Generic[Item, Result]):
 
     async def _run(self) -> None:
         while self._waiting:
-            gathered = 0
-            while gathered != len(self._waiting):
-                gathered = len(self._waiting)
+            # The tasks ready when this batch began have had their turn by now; if some joined,
+            # others started with them may still be on their way.
+            gathered = len(self._waiting)
+            while gathered > 1:
                 await asyncio.sleep(0)
+                if gathered == len(self._waiting):
+                    break
+                gathered = len(self._waiting)
             batch, self._waiting = self._waiting, []
             try:
                 results = await self._run_batch([item for item, _ in batch])
