@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -65,14 +67,24 @@ async def test_a_missing_schema_says_to_run_tidings_db_init(tmp_path: Path) -> N
     await database.close()
 
 
-@pytest.mark.postgres
-async def test_a_missing_schema_on_postgresql_says_to_run_tidings_db_init() -> None:
+@contextlib.asynccontextmanager
+async def empty_postgres_database() -> AsyncIterator[str]:
+    """The URL of a PostgreSQL database of its own, created empty and dropped after."""
     require_service("PostgreSQL", "127.0.0.1", 5432)
     name = f"tidings_empty_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}")
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.mark.postgres
+async def test_a_missing_schema_on_postgresql_says_to_run_tidings_db_init() -> None:
+    async with empty_postgres_database() as url:
+        database = Database(url)
         channel = SqlChannel("orders", database=database)
         with pytest.raises(SchemaMissing, match=r"tidings db init"):
             await channel.connect(ChannelEnvironment(app_name="it", clock=SystemClock()))
@@ -85,9 +97,6 @@ async def test_a_missing_schema_on_postgresql_says_to_run_tidings_db_init() -> N
         await channel.connect(ChannelEnvironment(app_name="it", clock=SystemClock()))
         await channel.close()
         await database.close()
-    finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_an_older_schema_asks_for_an_upgrade(tmp_path: Path) -> None:
@@ -296,13 +305,8 @@ async def test_a_postgresql_database_given_as_an_engine_opens_tidings_connection
 
 @pytest.mark.postgres
 async def test_a_deduplication_lookup_uses_the_primary_key_even_after_the_table_was_analyzed_empty() -> None:
-    require_service("PostgreSQL", "127.0.0.1", 5432)
-    name = f"tidings_fresh_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    database = Database(url)
-    try:
+    async with empty_postgres_database() as url:
+        database = Database(url)
         await database.create_schema()
         await database.connect()
         await database.execute("ANALYZE tidings_deduplication")
@@ -313,11 +317,8 @@ async def test_a_deduplication_lookup_uses_the_primary_key_even_after_the_table_
         plain_plan = "\n".join(row[0] for row in await plain.fetch(lookup))
         await plain.close()
         own_plan = "\n".join(row[0] for row in await database.fetch(lookup))
-
-        # A plan cached now would go on scanning the whole table as it grows.
-        assert "Seq Scan" in plain_plan
-        assert "tidings_deduplication_pkey" in own_plan
-    finally:
         await database.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+
+    # A plan cached now would go on scanning the whole table as it grows.
+    assert "Seq Scan" in plain_plan
+    assert "tidings_deduplication_pkey" in own_plan
