@@ -114,9 +114,6 @@ class DriverConnections:
         """Run one statement in autocommit and return its rows."""
         return await self._run("fetch", query, arguments)  # type: ignore[no-any-return]
 
-    async def fetchrow(self, query: str, *arguments: Any) -> Any:
-        return await self._run("fetchrow", query, arguments)
-
     async def execute(self, query: str, *arguments: Any) -> str:
         """Run one statement in autocommit; returns its command status (see `rows_touched`)."""
         return await self._run("execute", query, arguments)  # type: ignore[no-any-return]
