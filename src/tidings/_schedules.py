@@ -131,6 +131,7 @@ class Schedule:
         self.function = function
         self.trigger = trigger
         self.providers = providers
+        self._uses_database: bool | None = None
 
     def __repr__(self) -> str:
         when = f"every {self.trigger.every:g}s" if self.trigger.every else f"cron {self.trigger.cron!r}"
@@ -138,11 +139,13 @@ class Schedule:
 
     async def fire(self, app: App) -> None:
         if app.database is not None:
-            from tidings.sql._integration import asks_for_database
+            if self._uses_database is None:
+                from tidings.sql._integration import asks_for_database
 
+                self._uses_database = asks_for_database(self.function)
             # As for handlers: a function that uses the database runs in one transaction with what
             # it sends; one that does not opens none.
-            if asks_for_database(self.function):
+            if self._uses_database:
                 async with app.transaction():
                     await self._call(app)
                 return

@@ -197,18 +197,19 @@ class SqlChannel(Channel):
         # With every send notified, a claim right after one that left the queue empty, with nothing
         # notified since, would find nothing: such a receive waits first (and claims when woken).
         drained, self._drained = self._drained, None
-        skip = (
-            timeout > 0
+        skip_to_wait = (
+            drained[1]
+            if timeout > 0
             and drained is not None
             and drained[0] == signal.version
             and self._wakeups is not None
             and self._wakeups.listening
+            else None
         )
         while True:
             seen = signal.version
-            if skip:
-                skip = False
-                claimed_at = drained[1]  # type: ignore[index]
+            if skip_to_wait is not None:
+                claimed_at, skip_to_wait = skip_to_wait, None
             else:
                 claimed_at = self._clock.now()
                 deliveries = await self._claim(queue, max_messages, claimed_at)
